@@ -1,0 +1,652 @@
+"""NUDGE-N and NUDGE-M: closed-form moves of record embeddings, and the choice of γ.
+
+See ``docs`` in the repository README ("How it works") and the paper: S. Zeighami, Z. Wellmer,
+A. Parameswaran, *NUDGE: Lightweight Non-Parametric Fine-Tuning of Embeddings for Retrieval*,
+ICLR 2025.
+
+Only records that training queries point to can move. Everything γ selection needs from the other
+records is, per validation query, its best ``k`` scores among them (:mod:`nudge_rag.core.topk`);
+the records that can move, and the answers of the validation queries, are scored exactly. Memory
+is ``O(N·d)`` for the output plus ``O(Q·(k + moved))``; no (queries × corpus) matrix is built.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from nudge_rag.core.queries import QuerySet, as_float32_matrix
+from nudge_rag.core.split import validation_split
+from nudge_rag.core.topk import BestUnmovedScores, UnmovedTopK, normalize_rows
+from nudge_rag.errors import ConfigError, ShapeError
+
+__all__ = ["NudgeM", "NudgeN", "NudgeResult", "ValidationCurve"]
+
+logger = logging.getLogger(__name__)
+
+Objective = str  # "top1" or "ndcg@<k>"
+_NDCG = re.compile(r"^ndcg@(\d+)$")
+
+
+@dataclass(frozen=True)
+class ValidationCurve:
+    """The validation objective at each γ that was tried.
+
+    Attributes:
+        gammas: γ values tried, increasing.
+        scores: Mean validation objective at each γ (top-1 accuracy or NDCG@k).
+        objective: ``"top1"`` or ``"ndcg@k"``.
+        n_queries: Number of validation queries behind each score.
+    """
+
+    gammas: np.ndarray
+    scores: np.ndarray
+    objective: str
+    n_queries: int
+
+    @property
+    def baseline(self) -> float:
+        """The objective at γ = 0 (no fine-tuning)."""
+        i = int(np.argmin(np.abs(self.gammas)))
+        return float(self.scores[i]) if self.gammas.size and self.gammas[i] == 0 else float("nan")
+
+    @property
+    def best(self) -> float:
+        return float(self.scores.max()) if self.scores.size else float("nan")
+
+
+@dataclass(frozen=True)
+class NudgeResult:
+    """What a NUDGE fit produced.
+
+    Attributes:
+        method: ``"nudge-n"`` or ``"nudge-m"``.
+        gamma: The γ applied.
+        moved: Record rows whose vectors changed, increasing.
+        moved_embeddings: New vectors of ``moved`` rows, ``(len(moved), d)`` float32.
+        embeddings: The full fine-tuned matrix ``(N, d)`` float32 (unit rows normalised; moved rows
+            replaced), or ``None`` when fitted from precomputed scores (:meth:`NudgeN.fit_partial`).
+        curve: Validation objective per γ tried (``None`` when γ was fixed).
+        objective: The objective γ was chosen by.
+        n_train: Training queries behind the moves (validation ones included after a refit).
+        n_val: Validation queries γ was chosen on.
+        refit: Whether the final move was fitted on training + validation queries.
+    """
+
+    method: str
+    gamma: float
+    moved: np.ndarray
+    moved_embeddings: np.ndarray
+    embeddings: np.ndarray | None
+    curve: ValidationCurve | None
+    objective: str
+    n_train: int
+    n_val: int
+    refit: bool
+
+    def __repr__(self) -> str:
+        return (
+            f"NudgeResult(method={self.method!r}, gamma={self.gamma:.6g}, "
+            f"moved={self.moved.size}, n_train={self.n_train}, n_val={self.n_val})"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# The moves themselves
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class _Moves:
+    """Per record of the fitted set S: its unit vector and what NUDGE needs to move it."""
+
+    d: np.ndarray  # (s, dim) float64 unit vectors
+    moves: np.ndarray  # (s,) bool: the record moves for γ > 0
+    ghat: np.ndarray  # (s, dim) float64, unit G (zero where G is zero)
+    u: np.ndarray | None  # NUDGE-N: unit component of G orthogonal to d
+    cap: np.ndarray | None  # NUDGE-N: d·Ĝ; the record jumps to Ĝ once 1 - γ/2 <= cap
+
+
+def _gradient(rows_local: np.ndarray, queries: QuerySet, s: int) -> np.ndarray:
+    """G_i = sum of the training queries that point to record i (local rows), float64."""
+    g = np.zeros((s, queries.dim), dtype=np.float64)
+    if rows_local.size:
+        np.add.at(g, rows_local, queries.embeddings.astype(np.float64)[queries.query_of_answer])
+    return g
+
+
+def _new_vectors(method: str, mv: _Moves, gamma: float) -> np.ndarray:
+    """Moved vectors (float64) of every record flagged in ``mv.moves`` at ``gamma``."""
+    idx = np.flatnonzero(mv.moves)
+    d = mv.d[idx]
+    if method == "nudge-m":
+        return d + gamma * mv.ghat[idx]
+    assert mv.u is not None and mv.cap is not None
+    alpha = 1.0 - gamma / 2.0
+    beta = np.sqrt(max(gamma * (4.0 - gamma), 0.0)) / 2.0
+    out = alpha * d + beta * mv.u[idx]
+    capped = mv.cap[idx] >= alpha
+    out[capped] = mv.ghat[idx][capped]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation scoring
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class _Validation:
+    """Validation queries scored against the fitted set S and the best unmoved records."""
+
+    a: np.ndarray  # (nv, s) q·d over S
+    b: np.ndarray | None  # (nv, s) q·u (NUDGE-N)
+    c: np.ndarray  # (nv, s) q·Ĝ
+    moves: np.ndarray  # (s,) bool
+    cap: np.ndarray | None
+    rel_gain: np.ndarray  # (nv, s) relevance grade of S record for the query (0 = not relevant)
+    const: np.ndarray  # (nv, k) best constant non-relevant scores, decreasing (-inf padded)
+    idcg: np.ndarray  # (nv,) ideal DCG@k (ndcg objectives)
+
+
+def _score_candidates(method: str, v: _Validation, cols: np.ndarray, gamma: float) -> np.ndarray:
+    """Scores at ``gamma`` of the S records ``cols`` (nv, c); -1 entries give -inf."""
+    safe = np.where(cols >= 0, cols, 0)
+    rowsel = np.arange(cols.shape[0])[:, None]
+    a = v.a[rowsel, safe]
+    moves = v.moves[safe]
+    if method == "nudge-m":
+        s = a + gamma * v.c[rowsel, safe] * moves
+    else:
+        assert v.b is not None and v.cap is not None
+        alpha = 1.0 - gamma / 2.0
+        beta = np.sqrt(max(gamma * (4.0 - gamma), 0.0)) / 2.0
+        moving = alpha * a + beta * v.b[rowsel, safe]
+        capped = v.cap[safe] >= alpha
+        moving = np.where(capped, v.c[rowsel, safe], moving)
+        s = np.where(moves, moving, a)
+    return np.where(cols >= 0, s, -np.inf)
+
+
+def _objective_values(
+    objective: Objective, v: _Validation, cols: np.ndarray, gains: np.ndarray, s: np.ndarray
+) -> np.ndarray:
+    """Per-query objective given candidate scores ``s`` (nv, c) with relevance ``gains``."""
+    if objective == "top1":
+        rel = gains > 0
+        best_rel = np.max(np.where(rel, s, -np.inf), axis=1)
+        best_non = np.max(np.where(rel | (cols < 0), -np.inf, s), axis=1)
+        best_non = np.maximum(best_non, v.const[:, 0])
+        return (best_rel > best_non).astype(np.float64)
+    k = v.const.shape[1]
+    # Constants first: a tie between a constant and a candidate goes to the constant (pessimistic).
+    allscores = np.concatenate([v.const.astype(np.float64), s], axis=1)
+    allgains = np.concatenate([np.zeros_like(v.const, dtype=np.float64), gains], axis=1)
+    kk = min(k, allscores.shape[1])
+    order = np.argsort(-allscores, axis=1, kind="stable")[:, :kk]
+    g = np.take_along_axis(allgains, order, axis=1)
+    g = np.where(np.isfinite(np.take_along_axis(allscores, order, axis=1)), g, 0.0)
+    disc = 1.0 / np.log2(np.arange(2, kk + 2))
+    dcg = g @ disc
+    return np.where(v.idcg > 0, dcg / np.where(v.idcg > 0, v.idcg, 1.0), 0.0)
+
+
+def _candidates(method: str, v: _Validation, gamma_max: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per validation query, the S records that can matter: its answers, and moved non-answers
+    whose best possible score over γ in [0, gamma_max] beats the k-th best constant score."""
+    if method == "nudge-m":
+        ub = v.a + gamma_max * np.maximum(v.c, 0.0) * v.moves
+    else:
+        assert v.b is not None
+        ub = np.maximum(np.sqrt(v.a**2 + v.b**2), v.c)
+        ub = np.where(v.moves, ub, v.a)
+    keep = (v.rel_gain > 0) | (v.moves & (ub > v.const[:, -1:]))
+    counts = keep.sum(axis=1)
+    width = max(int(counts.max()) if counts.size else 0, 1)
+    cols = np.full((keep.shape[0], width), -1, dtype=np.int64)
+    qi, si = np.nonzero(keep)
+    pos = np.arange(qi.size) - np.repeat(np.cumsum(counts) - counts, counts)
+    cols[qi, pos] = si
+    gains = np.where(
+        cols >= 0, v.rel_gain[np.arange(cols.shape[0])[:, None], np.maximum(cols, 0)], 0
+    )
+    return cols, gains.astype(np.float64)
+
+
+def _grid_search(
+    method: str, objective: Objective, v: _Validation, gammas: np.ndarray
+) -> tuple[float, np.ndarray]:
+    cols, gains = _candidates(method, v, float(gammas.max()) if gammas.size else 0.0)
+    scores = np.empty(gammas.size, dtype=np.float64)
+    for i, g in enumerate(gammas):
+        s = _score_candidates(method, v, cols, float(g))
+        scores[i] = _objective_values(objective, v, cols, gains, s).mean()
+    best = int(np.argmax(scores))  # first maximum: the smallest γ among ties
+    return float(gammas[best]), scores
+
+
+def _m_intervals(v: _Validation, chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """NUDGE-M: for every (validation query, answer x), the γ >= 0 where x ranks first.
+
+    Scores are linear in γ, s_i(γ) = a_i + γ c_i, so "x first" is an intersection of half-lines.
+    Competitors are every other record, the query's other answers included (as in the paper).
+    """
+    qi, xi = np.nonzero(v.rel_gain > 0)
+    c_eff = v.c * v.moves
+    los: list[np.ndarray] = []
+    his: list[np.ndarray] = []
+    for start in range(0, qi.size, chunk):
+        q = qi[start : start + chunk]
+        x = xi[start : start + chunk]
+        a = v.a[q]
+        c = c_eff[q]
+        sd = a - a[np.arange(q.size), x][:, None]
+        gd = c - c[np.arange(q.size), x][:, None]
+        # the best constant competitor (c = 0)
+        sd = np.concatenate([sd, (v.const[q, 0] - v.a[q, x])[:, None]], axis=1)
+        gd = np.concatenate([gd, (-c_eff[q, x])[:, None]], axis=1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = -sd / gd
+        lo = np.max(np.where(gd < 0, ratio, -np.inf), axis=1)
+        lo = np.maximum(lo, 0.0)
+        hi = np.min(np.where(gd > 0, ratio, np.inf), axis=1)
+        blocked = np.any((gd == 0) & (sd > 0), axis=1)
+        ok = ~blocked & (hi >= lo)
+        los.append(lo[ok])
+        his.append(hi[ok])
+    if not los:
+        return np.zeros(0), np.zeros(0)
+    return np.concatenate(los), np.concatenate(his)
+
+
+def _most_covered_point(lo: np.ndarray, hi: np.ndarray) -> float:
+    """The γ where the most intervals overlap (its left end; 0 when none)."""
+    if lo.size == 0:
+        return 0.0
+    vals = np.concatenate([lo, hi])
+    signs = np.concatenate([np.ones(lo.size), -np.ones(hi.size)])
+    uniq, inv = np.unique(vals, return_inverse=True)
+    total = np.cumsum(np.bincount(inv, weights=signs, minlength=uniq.size))
+    best = int(np.argmax(total))
+    return float(uniq[best]) if total[best] > 0 else 0.0
+
+
+def _m_curve_gammas(lo: np.ndarray, hi: np.ndarray, n: int = 200) -> np.ndarray:
+    """γ values strictly inside the pieces between interval ends (never on an end, where two
+    records tie): 0, the midpoints between consecutive ends, and one point past the last end."""
+    ends = np.unique(np.concatenate([lo, hi[np.isfinite(hi)], [0.0]]))
+    if ends.size > n:
+        ends = np.unique(np.quantile(ends, np.linspace(0, 1, n)))
+    mids = (ends[:-1] + ends[1:]) / 2.0
+    tail = [ends[-1] * 1.25 + 1e-3]
+    return np.unique(np.concatenate([[0.0], mids, tail]))
+
+
+# ---------------------------------------------------------------------------------------------
+# The public estimators
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True, kw_only=True)
+class _Nudge:
+    gamma: float | None = None
+    gammas: Sequence[float] | None = None
+    objective: Objective = "top1"
+    refit: bool = False
+    val_fraction: float = 0.2
+    seed: int = 0
+    chunk_size: int = 16384
+
+    method: ClassVar[str] = ""
+    _gamma_limit: ClassVar[float] = float("inf")
+
+    def __post_init__(self) -> None:
+        if self.objective != "top1" and not _NDCG.match(str(self.objective)):
+            msg = f"objective must be 'top1' or 'ndcg@<k>' (e.g. 'ndcg@10'); received {self.objective!r}"
+            raise ConfigError(msg)
+        if _NDCG.match(str(self.objective)) and int(self.objective.split("@")[1]) < 1:
+            msg = f"objective {self.objective!r}: k must be >= 1"
+            raise ConfigError(msg)
+        if self.gamma is not None:
+            self._check_gamma(self.gamma, "gamma")
+        if self.gammas is not None:
+            g = np.asarray(self.gammas, dtype=np.float64)
+            if g.ndim != 1 or g.size == 0:
+                msg = f"gammas must be a non-empty 1-D sequence; received shape {g.shape}"
+                raise ConfigError(msg)
+            for x in g:
+                self._check_gamma(float(x), "gammas")
+        if not 0.0 < self.val_fraction < 1.0:
+            msg = f"val_fraction must be in (0, 1); received {self.val_fraction}"
+            raise ConfigError(msg)
+        if self.chunk_size < 1:
+            msg = f"chunk_size must be >= 1; received {self.chunk_size}"
+            raise ConfigError(msg)
+
+    def _check_gamma(self, g: float, name: str) -> None:
+        if not np.isfinite(g) or g < 0 or g > self._gamma_limit:
+            msg = f"{name} must be in [0, {self._gamma_limit}] for {self.method}; received {g}"
+            raise ConfigError(msg)
+
+    # -------------------------------------------------------------- public API
+    @property
+    def unmoved_k(self) -> int:
+        """How many best unmoved scores per validation query γ selection needs."""
+        m = _NDCG.match(str(self.objective))
+        return int(m.group(1)) if m else 1
+
+    def split(self, train: QuerySet) -> tuple[QuerySet, QuerySet]:
+        """The (train, validation) split :meth:`fit` makes when ``val`` is not given."""
+        return validation_split(train, self.val_fraction, seed=self.seed)
+
+    def fit(self, embeddings: Any, train: QuerySet, val: QuerySet | None = None) -> NudgeResult:
+        """Fine-tune ``embeddings`` (N, d) on ``train``; choose γ on ``val``.
+
+        Args:
+            embeddings: Record vectors ``(N, d)``. They are normalised first; the input is not
+                modified.
+            train: Training queries and their answer rows.
+            val: Validation queries. If ``None`` and γ is not fixed, a seeded split of ``train``
+                provides them (see :func:`~nudge_rag.core.split.validation_split`).
+
+        Returns:
+            A :class:`NudgeResult` whose ``embeddings`` is the full fine-tuned matrix.
+        """
+        x = as_float32_matrix(embeddings, "embeddings")
+        n, dim = x.shape
+        if n == 0:
+            msg = "embeddings has no rows: there are no records to fine-tune"
+            raise ShapeError(msg)
+        train, val = self._prepare(train, val, n, dim)
+        fitted = self._fitted_rows(train, val)
+        out = np.empty_like(x)
+        acc = None
+        if self._selects(train) and val is not None and len(val):
+            acc = UnmovedTopK(val.embeddings, fitted, self.unmoved_k)
+        for start in range(0, n, self.chunk_size):
+            page = normalize_rows(x[start : start + self.chunk_size], first_row=start)
+            out[start : start + page.shape[0]] = page
+            if acc is not None:
+                acc.update(page, first_row=start)
+        unmoved = acc.result() if acc is not None else None
+        res = self._fit_core(out[fitted], fitted, train, val, unmoved)
+        if res.moved.size:
+            out[res.moved] = res.moved_embeddings
+        return NudgeResult(**{**res.__dict__, "embeddings": out})
+
+    def fit_partial(
+        self,
+        records: Any,
+        rows: Any,
+        train: QuerySet,
+        val: QuerySet | None,
+        unmoved: BestUnmovedScores | None,
+        *,
+        n_records: int | None = None,
+    ) -> NudgeResult:
+        """Fit from the records that matter plus precomputed best scores of all the others.
+
+        For callers that cannot hold all N vectors (a vector store read page by page): pass the
+        vectors of every record that a training or validation query answers (``rows`` = their
+        global row numbers, see :meth:`fitted_rows`), and ``unmoved`` from an
+        :class:`~nudge_rag.core.topk.UnmovedTopK` pass over every other record with
+        ``k = unmoved_k``. ``val`` must be given when γ is chosen (use :meth:`split` first).
+
+        Returns:
+            A :class:`NudgeResult` with ``embeddings=None``; ``moved`` holds global rows.
+        """
+        recs = as_float32_matrix(records, "records")
+        rows_arr = np.asarray(rows, dtype=np.int64)
+        if rows_arr.ndim != 1 or rows_arr.size != recs.shape[0]:
+            msg = f"rows must give one global row per record: {rows_arr.shape} vs {recs.shape[0]} records"
+            raise ShapeError(msg)
+        if np.unique(rows_arr).size != rows_arr.size:
+            msg = "rows must not repeat a record"
+            raise ShapeError(msg)
+        n = n_records if n_records is not None else int(rows_arr.max(initial=-1)) + 1
+        train.check_records(n, recs.shape[1])
+        if self._selects(train) and val is None:
+            msg = "fit_partial needs val= to choose γ (split train with .split() first) or a fixed gamma"
+            raise ConfigError(msg)
+        if val is not None:
+            val.check_records(n, recs.shape[1])
+        need = self._fitted_rows(train, val)
+        order = np.argsort(rows_arr)
+        pos = np.searchsorted(rows_arr[order], need)
+        if need.size and (
+            np.any(pos >= rows_arr.size)
+            or np.any(rows_arr[order][np.minimum(pos, rows_arr.size - 1)] != need)
+        ):
+            missing = need[
+                (pos >= rows_arr.size)
+                | (rows_arr[order][np.minimum(pos, rows_arr.size - 1)] != need)
+            ]
+            msg = f"records are missing {missing.size} rows that queries answer (e.g. row {int(missing[0])})"
+            raise ShapeError(msg)
+        recs_s = (
+            normalize_rows(recs[order[pos]])
+            if need.size
+            else np.zeros((0, recs.shape[1]), np.float32)
+        )
+        if unmoved is not None and val is not None and unmoved.scores.shape[0] != len(val):
+            msg = f"unmoved scores have {unmoved.scores.shape[0]} rows for {len(val)} validation queries"
+            raise ShapeError(msg)
+        return self._fit_core(recs_s, need, train, val, unmoved)
+
+    def fitted_rows(self, train: QuerySet, val: QuerySet | None) -> np.ndarray:
+        """Global rows scored exactly: every answer of a training or validation query."""
+        return self._fitted_rows(train, val)
+
+    # -------------------------------------------------------------- internals
+    def _select(
+        self, mv: _Moves, s_rows: np.ndarray, val: QuerySet, unmoved: BestUnmovedScores | None
+    ) -> tuple[float, ValidationCurve]:
+        raise NotImplementedError
+
+    def _selects(self, train: QuerySet) -> bool:
+        return self.gamma is None and len(train) > 0
+
+    def _prepare(
+        self, train: QuerySet, val: QuerySet | None, n: int, dim: int
+    ) -> tuple[QuerySet, QuerySet | None]:
+        if not isinstance(train, QuerySet):
+            msg = f"train must be a QuerySet; received {type(train).__name__}"
+            raise ConfigError(msg)
+        train.check_records(n, dim)
+        if val is not None:
+            if not isinstance(val, QuerySet):
+                msg = f"val must be a QuerySet or None; received {type(val).__name__}"
+                raise ConfigError(msg)
+            val.check_records(n, dim)
+        elif self._selects(train):
+            train, val = self.split(train)
+        return train, val
+
+    @staticmethod
+    def _fitted_rows(train: QuerySet, val: QuerySet | None) -> np.ndarray:
+        parts = [train.rows] + ([val.rows] if val is not None else [])
+        return np.unique(np.concatenate(parts)).astype(np.int64)
+
+    def _moves(self, d: np.ndarray, g: np.ndarray) -> _Moves:
+        gnorm = np.linalg.norm(g, axis=1)
+        ghat = np.divide(g, gnorm[:, None], out=np.zeros_like(g), where=gnorm[:, None] > 0)
+        return _Moves(d=d, moves=gnorm > 0, ghat=ghat, u=None, cap=None)
+
+    def _fit_core(
+        self,
+        recs_s: np.ndarray,
+        s_rows: np.ndarray,
+        train: QuerySet,
+        val: QuerySet | None,
+        unmoved: BestUnmovedScores | None,
+    ) -> NudgeResult:
+        """Everything after the pass over unmoved records; ``recs_s`` are unit rows ``s_rows``."""
+        d = recs_s.astype(np.float64)
+        s = s_rows.size
+        loc_train = np.searchsorted(s_rows, train.rows)
+        mv = self._moves(d, _gradient(loc_train, train, s))
+        curve: ValidationCurve | None = None
+        if self.gamma is not None:
+            gamma = float(self.gamma)
+        elif len(train) == 0:
+            gamma = 0.0
+        else:
+            assert val is not None
+            gamma, curve = self._select(mv, s_rows, val, unmoved)
+        n_train, n_val = len(train), len(val) if val is not None else 0
+        if self.refit and val is not None and len(val) and gamma > 0:
+            both = QuerySet.concat(train, val)
+            mv = self._moves(d, _gradient(np.searchsorted(s_rows, both.rows), both, s))
+            n_train = len(both)
+        if gamma > 0 and mv.moves.any():
+            moved_local = np.flatnonzero(mv.moves)
+            new = _new_vectors(self.method, mv, gamma).astype(np.float32)
+        else:
+            moved_local = np.zeros(0, dtype=np.int64)
+            new = np.zeros((0, d.shape[1]), dtype=np.float32)
+        logger.info(
+            "%s: γ=%.4g, %d records moved (%d training, %d validation queries)",
+            self.method,
+            gamma,
+            moved_local.size,
+            n_train,
+            n_val,
+        )
+        return NudgeResult(
+            method=self.method,
+            gamma=gamma,
+            moved=s_rows[moved_local],
+            moved_embeddings=new,
+            embeddings=None,
+            curve=curve,
+            objective=str(self.objective),
+            n_train=n_train,
+            n_val=n_val,
+            refit=bool(self.refit and n_train > len(train)),
+        )
+
+    def _validation(
+        self, mv: _Moves, s_rows: np.ndarray, val: QuerySet, unmoved: BestUnmovedScores | None
+    ) -> _Validation:
+        q = val.embeddings.astype(np.float64)
+        a = q @ mv.d.T
+        c = q @ mv.ghat.T
+        b = q @ mv.u.T if mv.u is not None else None
+        nv, s = a.shape
+        rel = np.zeros((nv, s), dtype=np.float64)
+        rel[val.query_of_answer, np.searchsorted(s_rows, val.rows)] = val.gains
+        k = self.unmoved_k
+        const = (
+            unmoved.scores.astype(np.float64) if unmoved is not None else np.full((nv, k), -np.inf)
+        )
+        if const.shape[1] < k:
+            msg = f"unmoved scores keep {const.shape[1]} per query; objective {self.objective} needs {k}"
+            raise ShapeError(msg)
+        const = const[:, :k]
+        # Records in S that never move and do not answer the query are constants too.
+        fixed_non = np.where(~mv.moves[None, :] & (rel == 0), a, -np.inf)
+        if s:
+            kk = min(k, s)
+            top = -np.sort(-fixed_non, axis=1)[:, :kk]
+            const = -np.sort(-np.concatenate([const, top], axis=1), axis=1)[:, :k]
+        idcg = np.zeros(nv)
+        if k > 1 or self.objective != "top1":
+            disc = 1.0 / np.log2(np.arange(2, k + 2))
+            for i in range(nv):
+                g = np.sort(val.answer_gains(i))[::-1][:k]
+                idcg[i] = g @ disc[: g.size]
+        return _Validation(
+            a=a, b=b, c=c, moves=mv.moves, cap=mv.cap, rel_gain=rel, const=const, idcg=idcg
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class NudgeN(_Nudge):
+    """NUDGE-N: move each record within ``||d' - d||² <= γ`` on the unit sphere.
+
+    Output vectors stay unit-norm, so cosine, dot product and L2 rank alike: safe for every vector
+    store. γ is picked on validation queries over ``gammas`` (default: 0 to 0.5 in steps of 0.0025;
+    the authors' package tries 0 to 0.48 in steps of 0.02), each γ costing only element-wise work
+    on precomputed scores of the records that can move.
+
+    Example:
+        >>> docs = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1]], np.float32)
+        >>> train = QuerySet(np.array([[0, 1, 0.2]], np.float32), [[2]])
+        >>> res = NudgeN(gamma=0.5).fit(docs, train)
+        >>> res.moved.tolist(), np.round(res.embeddings[2], 3).tolist()
+        ([2], [0.0, 0.661, 0.75])
+
+    Args:
+        gamma: Fix γ (in [0, 4]) and skip selection.
+        gammas: Candidate γ values for selection.
+        objective: ``"top1"`` (the paper: top-1 accuracy on validation) or ``"ndcg@k"``.
+        refit: After choosing γ, fit the move on training + validation queries together.
+        val_fraction: Share of training queries held out when ``val`` is not given.
+        seed: Seed of that split.
+        skip_opposed: Leave records whose training queries point away from them (G·d < 0)
+            unmoved, as the authors' package does.
+        chunk_size: Records scored per block in the pass over unmoved records.
+    """
+
+    skip_opposed: bool = True
+    method: ClassVar[str] = "nudge-n"
+    _gamma_limit: ClassVar[float] = 4.0
+    DEFAULT_GAMMAS: ClassVar[np.ndarray] = np.round(np.arange(0, 201) * 0.0025, 6)
+
+    def _moves(self, d: np.ndarray, g: np.ndarray) -> _Moves:
+        base = super()._moves(d, g)
+        gd = np.einsum("ij,ij->i", g, d)
+        perp = g - gd[:, None] * d
+        pnorm = np.linalg.norm(perp, axis=1)
+        gnorm = np.linalg.norm(g, axis=1)
+        moves = base.moves & (pnorm > 1e-9 * np.maximum(gnorm, 1e-300))
+        if self.skip_opposed:
+            moves &= gd >= 0
+        u = np.divide(perp, pnorm[:, None], out=np.zeros_like(perp), where=moves[:, None])
+        cap = np.einsum("ij,ij->i", base.ghat, d)
+        return _Moves(d=d, moves=moves, ghat=base.ghat, u=u, cap=cap)
+
+    def _select(
+        self, mv: _Moves, s_rows: np.ndarray, val: QuerySet, unmoved: BestUnmovedScores | None
+    ) -> tuple[float, ValidationCurve]:
+        v = self._validation(mv, s_rows, val, unmoved)
+        gammas = np.asarray(
+            self.gammas if self.gammas is not None else self.DEFAULT_GAMMAS, dtype=np.float64
+        )
+        gammas = np.unique(gammas)
+        gamma, scores = _grid_search(self.method, str(self.objective), v, gammas)
+        return gamma, ValidationCurve(gammas, scores, str(self.objective), len(val))
+
+
+@dataclass(frozen=True, kw_only=True)
+class NudgeM(_Nudge):
+    """NUDGE-M: move each record by at most γ, ``d' = d + γ Ĝ``.
+
+    Output vectors are not unit-norm: search them by inner product only (a cosine or L2 store
+    would silently change what NUDGE-M computed). With the paper's objective (``"top1"``), γ is
+    exact: per validation query and answer, the γ interval where that answer ranks first is
+    computed in closed form, and γ is the left end of the region most intervals cover. With
+    ``"ndcg@k"``, or when ``gammas`` is given, the candidates are searched instead.
+
+    Args: as :class:`NudgeN` (γ may be any value >= 0).
+    """
+
+    method: ClassVar[str] = "nudge-m"
+
+    def _select(
+        self, mv: _Moves, s_rows: np.ndarray, val: QuerySet, unmoved: BestUnmovedScores | None
+    ) -> tuple[float, ValidationCurve]:
+        v = self._validation(mv, s_rows, val, unmoved)
+        obj = str(self.objective)
+        if self.gammas is not None:
+            gammas = np.unique(np.asarray(self.gammas, dtype=np.float64))
+            gamma, scores = _grid_search(self.method, obj, v, gammas)
+            return gamma, ValidationCurve(gammas, scores, obj, len(val))
+        lo, hi = _m_intervals(v)
+        if obj == "top1":
+            gammas = _m_curve_gammas(lo, hi)
+            _, scores = _grid_search(self.method, obj, v, gammas)
+            return _most_covered_point(lo, hi), ValidationCurve(gammas, scores, obj, len(val))
+        # NDCG changes wherever any two scores cross; search between the interval ends.
+        gammas = _m_curve_gammas(lo, hi, n=400)
+        gamma, scores = _grid_search(self.method, obj, v, gammas)
+        return gamma, ValidationCurve(gammas, scores, obj, len(val))

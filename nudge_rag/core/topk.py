@@ -1,0 +1,142 @@
+"""Best scores of query vectors among records that NUDGE does not move, computed page by page.
+
+Only records that some training query points to ever move; every other record scores the same for
+every γ. One pass over those records, keeping per query its ``k`` best scores, is all γ selection
+needs from them. :class:`UnmovedTopK` does that pass incrementally, so the records may come from a
+matrix in memory or from a vector store read page by page.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from nudge_rag.errors import DimensionMismatchError, NonFiniteError, ShapeError, ZeroVectorError
+
+__all__ = ["BestUnmovedScores", "UnmovedTopK", "normalize_rows"]
+
+
+class BestUnmovedScores(NamedTuple):
+    """Per validation query, the ``k`` best scores among records outside the fitted set.
+
+    ``scores`` is ``(n_queries, k)`` float32, each row sorted in decreasing order, padded with
+    ``-inf`` where fewer than ``k`` such records exist. "Outside the fitted set" means: not an
+    answer of any training or validation query (those records are scored exactly by the core).
+    """
+
+    scores: np.ndarray
+
+    @property
+    def k(self) -> int:
+        return int(self.scores.shape[1])
+
+
+def normalize_rows(
+    x: np.ndarray, *, first_row: int = 0, name: str = "record embeddings"
+) -> np.ndarray:
+    """Return ``x / ||x||`` row-wise in float32, refusing non-finite and zero rows.
+
+    ``first_row`` offsets the row numbers quoted in error messages (for page-by-page callers).
+    """
+    x32 = np.asarray(x, dtype=np.float32)
+    norms = np.sqrt(np.einsum("ij,ij->i", x32, x32, dtype=np.float64))
+    if not np.all(np.isfinite(norms)):
+        bad = int(np.flatnonzero(~np.isfinite(norms))[0])
+        msg = f"{name}: row {first_row + bad} has a NaN or inf value"
+        raise NonFiniteError(msg)
+    if np.any(norms == 0.0):
+        bad = int(np.flatnonzero(norms == 0.0)[0])
+        msg = f"{name}: row {first_row + bad} is an all-zero vector and cannot be normalised"
+        raise ZeroVectorError(msg)
+    return (x32 / norms[:, None].astype(np.float32)).astype(np.float32, copy=False)
+
+
+class UnmovedTopK:
+    """Accumulates, per query, the ``k`` best scores among records not in ``exclude``.
+
+    Example:
+        >>> acc = UnmovedTopK(np.eye(2, dtype=np.float32), exclude=[0], k=1)
+        >>> acc.update(np.array([[1, 0], [0.6, 0.8], [0, 1]], np.float32), first_row=0)
+        >>> acc.result().scores.tolist()
+        [[0.6000000238418579], [1.0]]
+
+    Args:
+        queries: ``(n, d)`` query vectors.
+        exclude: Global record rows to leave out (the records the core scores exactly).
+        k: How many best scores to keep per query.
+        normalize: Normalise each record before scoring (NUDGE works on unit records).
+    """
+
+    def __init__(
+        self,
+        queries: np.ndarray,
+        exclude: np.ndarray | list[int],
+        k: int,
+        *,
+        normalize: bool = True,
+    ) -> None:
+        if k < 1:
+            msg = f"k must be >= 1; received {k}"
+            raise ShapeError(msg)
+        self._q = np.ascontiguousarray(queries, dtype=np.float32)
+        self._exclude = np.unique(np.asarray(exclude, dtype=np.int64))
+        self._k = int(k)
+        self._normalize = normalize
+        self._best = np.full((self._q.shape[0], self._k), -np.inf, dtype=np.float32)
+        self.n_seen = 0
+
+    def update(
+        self, records: np.ndarray, *, first_row: int | None = None, rows: np.ndarray | None = None
+    ) -> None:
+        """Score one page of records.
+
+        Give either ``first_row`` (the page holds rows ``first_row .. first_row + len - 1``) or
+        ``rows`` (the global row of each record of the page).
+        """
+        page = np.asarray(records)
+        if page.ndim != 2 or (page.shape[0] and page.shape[1] != self._q.shape[1]):
+            msg = f"a page of records must be (n, {self._q.shape[1]}); received shape {page.shape}"
+            raise DimensionMismatchError(msg)
+        n = page.shape[0]
+        if n == 0 or self._q.shape[0] == 0:
+            self.n_seen += n
+            return
+        if rows is None:
+            start = 0 if first_row is None else int(first_row)
+            lo, hi = np.searchsorted(self._exclude, [start, start + n])
+            local_excl = self._exclude[lo:hi] - start
+            start_for_msg = start
+        else:
+            rows = np.asarray(rows, dtype=np.int64)
+            local_excl = np.flatnonzero(np.isin(rows, self._exclude))
+            start_for_msg = 0
+        if self._normalize:
+            page = normalize_rows(page, first_row=start_for_msg)
+        else:
+            page = np.asarray(page, dtype=np.float32)
+        scores = self._q @ page.T
+        if local_excl.size:
+            scores[:, local_excl] = -np.inf
+        self._merge(scores)
+        self.n_seen += n
+
+    def _merge(self, scores: np.ndarray) -> None:
+        k = self._k
+        if k == 1:
+            np.maximum(self._best[:, 0], scores.max(axis=1), out=self._best[:, 0])
+            return
+        if scores.shape[1] > k:
+            part = np.partition(scores, scores.shape[1] - k, axis=1)[:, -k:]
+        else:
+            part = scores
+        both = np.concatenate([self._best, part], axis=1)
+        both.sort(axis=1)
+        self._best = np.ascontiguousarray(both[:, ::-1][:, :k])
+
+    def result(self) -> BestUnmovedScores:
+        """The best scores so far, each row in decreasing order."""
+        best = self._best.copy()
+        if self._k > 1:
+            best = -np.sort(-best, axis=1)
+        return BestUnmovedScores(best)

@@ -1,0 +1,116 @@
+"""The exceptions nudge_rag raises, as one tree so callers can catch at any level.
+
+::
+
+    NudgeError                      every error nudge_rag raises on purpose
+    ├── NudgeInputError (ValueError) something passed in is malformed
+    │   ├── ShapeError               wrong rank, wrong length, empty where data is needed
+    │   ├── DimensionMismatchError   query and record vectors of different widths
+    │   ├── NonFiniteError           NaN or inf in a vector
+    │   ├── ZeroVectorError          an all-zero vector (it has no direction to rank by)
+    │   ├── AnswerError              a query with no answer, or an answer row out of range
+    │   └── ConfigError              an option out of its range or of the wrong kind
+    ├── DatasetError (ValueError)    a data folder or file that cannot be read as a dataset
+    ├── StoreError                   reading or writing a vector store failed
+    │   ├── UnsupportedStoreError    (TypeError) no adapter exists for this store / index
+    │   ├── MetricError              the method does not suit the store's similarity metric
+    │   └── WriteBackError           a write-back failed; the journal can restore the store
+    ├── StateError                   saved fine-tuning state is missing, corrupt or foreign
+    └── DependencyError (ImportError) an optional dependency is not installed
+
+Every message names what is wrong: the argument, what was expected and what was received.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AnswerError",
+    "ConfigError",
+    "DatasetError",
+    "DependencyError",
+    "DimensionMismatchError",
+    "MetricError",
+    "NonFiniteError",
+    "NudgeError",
+    "NudgeInputError",
+    "ShapeError",
+    "StateError",
+    "StoreError",
+    "UnsupportedStoreError",
+    "WriteBackError",
+    "ZeroVectorError",
+]
+
+
+class NudgeError(Exception):
+    """Root of every error nudge_rag raises on purpose."""
+
+
+class NudgeInputError(NudgeError, ValueError):
+    """Something passed in is malformed."""
+
+
+class ShapeError(NudgeInputError):
+    """An array has the wrong rank or length, or is empty where data is needed."""
+
+
+class DimensionMismatchError(NudgeInputError):
+    """Query vectors and record vectors have different widths."""
+
+
+class NonFiniteError(NudgeInputError):
+    """A vector holds NaN or inf."""
+
+
+class ZeroVectorError(NudgeInputError):
+    """A vector is all zeros, so it has no direction to rank by."""
+
+
+class AnswerError(NudgeInputError):
+    """A query has no answer, or names a record row that does not exist."""
+
+
+class ConfigError(NudgeInputError):
+    """An option is out of its range or of the wrong kind."""
+
+
+class DatasetError(NudgeError, ValueError):
+    """A data folder or file cannot be read as a dataset."""
+
+
+class StoreError(NudgeError):
+    """Reading from or writing to a vector store failed."""
+
+
+class UnsupportedStoreError(StoreError, TypeError):
+    """No adapter exists for the index or vector store that was passed."""
+
+
+class MetricError(StoreError):
+    """The chosen method does not suit the store's similarity metric."""
+
+
+class WriteBackError(StoreError):
+    """Writing vectors back failed part-way; the journal can restore the store."""
+
+
+class StateError(NudgeError):
+    """Saved fine-tuning state is missing, corrupt, or belongs to another store."""
+
+
+class DependencyError(NudgeError, ImportError):
+    """An optional dependency is not installed."""
+
+
+def require(module: str, extra: str) -> object:
+    """Import an optional dependency, or raise DependencyError with the install hint."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:  # pragma: no cover - exercised only without the extra
+        msg = (
+            f"{module!r} is needed for this feature but is not installed; "
+            f"install it with: pip install 'nudge-rag[{extra}]'"
+        )
+        raise DependencyError(msg) from exc
