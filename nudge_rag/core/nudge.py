@@ -108,6 +108,7 @@ class _Moves:
     ghat: np.ndarray  # (s, dim) float64, unit G (zero where G is zero)
     u: np.ndarray | None  # NUDGE-N: unit component of G orthogonal to d
     cap: np.ndarray | None  # NUDGE-N: d·Ĝ; the record jumps to Ĝ once 1 - γ/2 <= cap
+    perp: np.ndarray | None = None  # NUDGE-N: ||Ĝ - cap·d|| (so that q·u = (q·Ĝ - cap q·d) / perp)
 
 
 def _gradient(rows_local: np.ndarray, queries: QuerySet, s: int) -> np.ndarray:
@@ -361,10 +362,10 @@ class _Nudge:
         out = np.empty_like(x)
         acc = None
         if self._selects(train) and val is not None and len(val):
-            acc = UnmovedTopK(val.embeddings, fitted, self.unmoved_k)
+            acc = UnmovedTopK(val.embeddings, fitted, self.unmoved_k, normalize=False)
         for start in range(0, n, self.chunk_size):
-            page = normalize_rows(x[start : start + self.chunk_size], first_row=start)
-            out[start : start + page.shape[0]] = page
+            stop = min(start + self.chunk_size, n)
+            page = normalize_rows(x[start:stop], first_row=start, out=out[start:stop])
             if acc is not None:
                 acc.update(page, first_row=start)
         unmoved = acc.result() if acc is not None else None
@@ -530,7 +531,12 @@ class _Nudge:
         q = val.embeddings.astype(np.float64)
         a = q @ mv.d.T
         c = q @ mv.ghat.T
-        b = q @ mv.u.T if mv.u is not None else None
+        b = None
+        if mv.u is not None:
+            assert mv.cap is not None and mv.perp is not None
+            # u = (Ĝ - cap·d) / ||Ĝ - cap·d||: q·u follows from q·Ĝ and q·d, no third product.
+            safe = np.where(mv.moves, mv.perp, 1.0)
+            b = np.where(mv.moves, (c - mv.cap * a) / safe, 0.0)
         nv, s = a.shape
         rel = np.zeros((nv, s), dtype=np.float64)
         rel[val.query_of_answer, np.searchsorted(s_rows, val.rows)] = val.gains
@@ -544,10 +550,13 @@ class _Nudge:
         const = const[:, :k]
         # Records in S that never move and do not answer the query are constants too.
         fixed_non = np.where(~mv.moves[None, :] & (rel == 0), a, -np.inf)
-        if s:
-            kk = min(k, s)
-            top = -np.sort(-fixed_non, axis=1)[:, :kk]
-            const = -np.sort(-np.concatenate([const, top], axis=1), axis=1)[:, :k]
+        if s and not np.all(mv.moves):
+            if k == 1:
+                const = np.maximum(const, fixed_non.max(axis=1, keepdims=True))
+            else:
+                kk = min(k, s)
+                top = -np.partition(-fixed_non, kk - 1, axis=1)[:, :kk]
+                const = -np.sort(-np.concatenate([const, top], axis=1), axis=1)[:, :k]
         idcg = np.zeros(nv)
         if k > 1 or self.objective != "top1":
             disc = 1.0 / np.log2(np.arange(2, k + 2))
@@ -603,7 +612,8 @@ class NudgeN(_Nudge):
             moves &= gd >= 0
         u = np.divide(perp, pnorm[:, None], out=np.zeros_like(perp), where=moves[:, None])
         cap = np.einsum("ij,ij->i", base.ghat, d)
-        return _Moves(d=d, moves=moves, ghat=base.ghat, u=u, cap=cap)
+        perp_hat = np.divide(pnorm, gnorm, out=np.zeros_like(pnorm), where=gnorm > 0)
+        return _Moves(d=d, moves=moves, ghat=base.ghat, u=u, cap=cap, perp=perp_hat)
 
     def _select(
         self, mv: _Moves, s_rows: np.ndarray, val: QuerySet, unmoved: BestUnmovedScores | None

@@ -33,11 +33,16 @@ class BestUnmovedScores(NamedTuple):
 
 
 def normalize_rows(
-    x: np.ndarray, *, first_row: int = 0, name: str = "record embeddings"
+    x: np.ndarray,
+    *,
+    first_row: int = 0,
+    name: str = "record embeddings",
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Return ``x / ||x||`` row-wise in float32, refusing non-finite and zero rows.
 
-    ``first_row`` offsets the row numbers quoted in error messages (for page-by-page callers).
+    ``first_row`` offsets the row numbers quoted in error messages (for page-by-page callers);
+    ``out`` receives the result when given (a float32 array of the same shape).
     """
     x32 = np.asarray(x, dtype=np.float32)
     norms = np.sqrt(np.einsum("ij,ij->i", x32, x32, dtype=np.float64))
@@ -49,7 +54,10 @@ def normalize_rows(
         bad = int(np.flatnonzero(norms == 0.0)[0])
         msg = f"{name}: row {first_row + bad} is an all-zero vector and cannot be normalised"
         raise ZeroVectorError(msg)
-    return (x32 / norms[:, None].astype(np.float32)).astype(np.float32, copy=False)
+    if out is None:
+        out = np.empty(x32.shape, dtype=np.float32)
+    np.divide(x32, norms[:, None].astype(np.float32), out=out)
+    return out
 
 
 class UnmovedTopK:
@@ -115,22 +123,23 @@ class UnmovedTopK:
             page = normalize_rows(page, first_row=start_for_msg)
         else:
             page = np.asarray(page, dtype=np.float32)
-        scores = self._q @ page.T
+        # (page × queries): masking excluded records is then a cheap row write.
+        scores = page @ self._q.T
         if local_excl.size:
-            scores[:, local_excl] = -np.inf
+            scores[local_excl] = -np.inf
         self._merge(scores)
         self.n_seen += n
 
     def _merge(self, scores: np.ndarray) -> None:
         k = self._k
         if k == 1:
-            np.maximum(self._best[:, 0], scores.max(axis=1), out=self._best[:, 0])
+            np.maximum(self._best[:, 0], scores.max(axis=0), out=self._best[:, 0])
             return
-        if scores.shape[1] > k:
-            part = np.partition(scores, scores.shape[1] - k, axis=1)[:, -k:]
+        if scores.shape[0] > k:
+            part = np.partition(scores, scores.shape[0] - k, axis=0)[-k:]
         else:
             part = scores
-        both = np.concatenate([self._best, part], axis=1)
+        both = np.concatenate([self._best, part.T], axis=1)
         both.sort(axis=1)
         self._best = np.ascontiguousarray(both[:, ::-1][:, :k])
 
