@@ -17,11 +17,14 @@ from nudge_rag.core import (
     validation_split,
 )
 from nudge_rag.errors import NudgeError
+from nudge_rag.finetuner import FinetuneReport, NudgeEmbeddingFinetuner
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BestUnmovedScores",
+    "FinetuneReport",
+    "NudgeEmbeddingFinetuner",
     "NudgeError",
     "NudgeM",
     "NudgeN",

@@ -1,0 +1,41 @@
+# Two commands do all set-up on a fresh machine (Python >= 3.10 with venv; no network but the
+# package registry; no API keys):
+#   make demo   fine-tune a BEIR folder with the local model and print before/after metrics
+#   make test   run the test suite
+# Both create .venv and install the project into it on first use (torch pinned to the CPU wheel
+# by constraints.txt). Pass arguments to the demo with ARGS="...", e.g. make demo ARGS="path/to/beir".
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: install demo test test-fast bench lint
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[all,dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/nudge-rag finetune $(ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest $(ARGS)
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow" $(ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check nudge_rag tests benchmarks
+	$(VENV)/bin/mypy
+
+bench: $(STAMP)
+	$(PY) -m pip install --quiet -c constraints.txt -r benchmarks/requirements.txt
+	$(PY) benchmarks/bench_quality.py
+	$(PY) benchmarks/bench_scale.py

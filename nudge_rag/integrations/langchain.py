@@ -1,0 +1,59 @@
+"""LangChain glue: the query-side embedding call and the store's own retriever."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from nudge_rag.errors import ConfigError, require
+from nudge_rag.integrations import Pipeline, QueryEmbedder, framework_of, generic_embedder
+
+__all__ = ["pipeline", "query_embedder"]
+
+
+def _is_embeddings(model: Any) -> bool:
+    return any(
+        c.__name__ == "Embeddings" and (c.__module__ or "").startswith("langchain_core")
+        for c in type(model).__mro__
+    )
+
+
+def query_embedder(model: Any, max_concurrency: int = 16) -> QueryEmbedder:
+    """Embed queries with ``aembed_query`` (the query-side call), ``max_concurrency`` at a time."""
+    if not _is_embeddings(model):
+        return generic_embedder(model, max_concurrency)
+
+    async def run(texts: Sequence[str]) -> np.ndarray:
+        sem = asyncio.Semaphore(max_concurrency)
+
+        async def one(t: str) -> list[float]:
+            async with sem:
+                return await model.aembed_query(t)
+
+        out = await asyncio.gather(*(one(t) for t in texts))
+        return np.asarray(out, dtype=np.float32).reshape(len(texts), -1)
+
+    return run
+
+
+def pipeline(obj: Any, embed_model: Any = None, *, max_concurrency: int = 16) -> Pipeline:
+    """A LangChain ``VectorStore``, as the finetuner sees it (its ``embeddings`` embed queries)."""
+    require("langchain_core", "langchain")
+    model = embed_model if embed_model is not None else getattr(obj, "embeddings", None)
+    if model is None:
+        msg = (
+            f"the LangChain {type(obj).__name__} exposes no embeddings: pass embed_model= "
+            "(the model that embedded the stored documents)"
+        )
+        raise ConfigError(msg)
+    if framework_of(model) not in (None, "langchain"):
+        msg = f"embed_model for a LangChain store must be a LangChain Embeddings or one of ours; received {type(model).__name__}"
+        raise ConfigError(msg)
+
+    def make_retriever(k: int | None) -> Any:
+        return obj.as_retriever(search_kwargs={} if k is None else {"k": k})
+
+    return Pipeline("langchain", obj, query_embedder(model, max_concurrency), make_retriever)

@@ -1,0 +1,265 @@
+"""The adapter contract every store implements, and the checks they share."""
+
+from __future__ import annotations
+
+import abc
+import logging
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from typing import Literal, NamedTuple
+
+import numpy as np
+
+from nudge_rag.errors import (
+    ConfigError,
+    DimensionMismatchError,
+    NonFiniteError,
+    NudgeInputError,
+    ShapeError,
+    StoreError,
+    ZeroVectorError,
+)
+
+__all__ = ["Metric", "StorePage", "VectorStoreAdapter"]
+
+logger = logging.getLogger(__name__)
+
+Metric = Literal["cosine", "dot", "l2"]
+
+_MAX_NAMED = 10
+
+
+class StorePage(NamedTuple):
+    """One page of records read from a vector store.
+
+    Attributes:
+        ids: Record ids, as the framework's retriever reports them (node ids, document ids).
+        embeddings: ``(len(ids), d)`` array of the stored vectors, exactly as the store returns
+            them. float32 for the stores that keep float32 (Chroma, Qdrant, FAISS): Chroma's
+            client hands out float64 (copies of the float32 values in process, decimals parsed
+            from JSON over HTTP), and casting them to float32 gives back exactly what is stored.
+            The pure-Python stores (LlamaIndex ``SimpleVectorStore``, LangChain
+            ``InMemoryVectorStore``) keep Python floats: float32 when that is lossless, and
+            float64 for a page holding values float32 cannot represent, so nothing is lost.
+        texts: The text the framework would show for each record (``None`` where the store keeps
+            no text, or when read with ``with_documents=False``).
+        metadatas: The metadata of each record as the store keeps it, untouched (``{}`` when read
+            with ``with_documents=False``).
+    """
+
+    ids: list[str]
+    embeddings: np.ndarray
+    texts: list[str | None]
+    metadatas: list[dict]
+
+
+def as_page_array(rows: object, dim: int, *, stored_as_float32: bool = False) -> np.ndarray:
+    """Rows of floats as a 2-D array.
+
+    A store that keeps float32 (``stored_as_float32``) gets float32: whatever its client hands
+    out (float64 copies, or decimals parsed from JSON over HTTP), casting to float32 gives back
+    exactly the stored values. Otherwise float32 when that is lossless, float64 when it is not.
+    """
+    arr = np.asarray(rows)
+    if arr.size == 0:
+        return np.zeros((0, dim), dtype=np.float32)
+    if arr.ndim != 2:
+        msg = f"the store returned vectors of inconsistent widths (expected {dim} each)"
+        raise StoreError(msg)
+    if arr.dtype == np.float32 or stored_as_float32:
+        return arr.astype(np.float32, copy=False)
+    as32 = arr.astype(np.float32)
+    if np.array_equal(as32.astype(arr.dtype), arr):
+        return as32
+    return arr.astype(np.float64)
+
+
+def empty_page(dim: int) -> StorePage:
+    return StorePage([], np.zeros((0, dim), dtype=np.float32), [], [])
+
+
+def name_ids(ids: Sequence[str]) -> str:
+    """A short, readable list of ids for an error message."""
+    shown = ", ".join(repr(i) for i in list(ids)[:_MAX_NAMED])
+    more = len(ids) - _MAX_NAMED
+    return shown + (f" and {more} more" if more > 0 else "")
+
+
+class VectorStoreAdapter(abc.ABC):
+    """Reads the vectors of a vector store page by page and writes vectors back in place.
+
+    Subclasses implement one store each. Writes overwrite the vector of existing records under
+    the same id: records are never deleted and re-added, and their texts and metadata are never
+    touched.
+
+    Attributes:
+        name: Which store this is, e.g. ``"llamaindex-chroma"`` (one of ``SUPPORTED_STORES``).
+        metric: How the store ranks: ``"cosine"``, ``"dot"`` (inner product) or ``"l2"``.
+        normalizes_on_write: True when the store normalises the vectors it is given, so that
+            what reads back is not bit for bit what was written: Qdrant with Cosine distance
+            keeps the unit vector; Chroma in cosine space normalises internally and hands back
+            the written vector to within ~1e-7 relative. Write unit vectors to such a store (they
+            read back within 1e-7); every other store keeps vectors exactly as written.
+    """
+
+    name: str
+    metric: Metric
+    normalizes_on_write: bool = False
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name} metric={self.metric}>"
+
+    # -- reading ------------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def count(self) -> int:
+        """Number of records in the store."""
+
+    @abc.abstractmethod
+    def dim(self) -> int:
+        """Width of the stored vectors (StoreError for an empty store that has none yet)."""
+
+    @abc.abstractmethod
+    def iter_pages(
+        self, page_size: int = 1000, *, with_documents: bool = True
+    ) -> Iterator[StorePage]:
+        """Yield every record exactly once, in a stable order, ``page_size`` records at a time.
+
+        Args:
+            page_size: Records per page (the last page may be shorter).
+            with_documents: Also read texts and metadata; False reads ids and vectors only.
+        """
+
+    @abc.abstractmethod
+    def get(self, ids: Sequence[str]) -> StorePage:
+        """The records with these ids, in this order (StoreError naming any missing id)."""
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def write_vectors(
+        self, ids: Sequence[str], vectors: np.ndarray, *, batch_size: int = 500
+    ) -> None:
+        """Overwrite the vectors of existing records, in place, under the same ids.
+
+        Everything is checked before anything is written: the shape and width of ``vectors``,
+        finiteness, distinct ids, and that every id exists (StoreError naming the missing ones).
+        Then the vectors are written ``batch_size`` records at a time. Texts and metadata are
+        never touched; no record is deleted or added.
+
+        Args:
+            ids: The records to overwrite.
+            vectors: ``(len(ids), dim)`` array, row ``i`` for ``ids[i]``.
+            batch_size: Records written per call to the store.
+        """
+        ids, vectors = self._check_write(ids, vectors, batch_size)
+        if not ids:
+            return
+        missing = self._missing(ids)
+        if missing:
+            msg = (
+                f"write_vectors: {len(missing)} id(s) are not in the {self.name} store: "
+                f"{name_ids(missing)}; nothing was written"
+            )
+            raise StoreError(msg)
+        for start in range(0, len(ids), batch_size):
+            stop = start + batch_size
+            self._write_batch(ids[start:stop], vectors[start:stop])
+        logger.debug("wrote %d vectors to %s", len(ids), self.name)
+
+    @abc.abstractmethod
+    def _missing(self, ids: list[str]) -> list[str]:
+        """The ids (from ``ids``, all distinct) that are not in the store."""
+
+    @abc.abstractmethod
+    def _write_batch(self, ids: list[str], vectors: np.ndarray) -> None:
+        """Overwrite these existing records' vectors (already checked)."""
+
+    # -- searching ----------------------------------------------------------------------------
+
+    def search(self, query: np.ndarray, k: int) -> list[tuple[str, float]]:
+        """The store's own k-nearest-neighbour search: ``(id, score)`` pairs, best first.
+
+        The score is higher for a better match: the cosine similarity or the inner product the
+        store reports, or minus the L2 distance the store reports (squared for Chroma and FAISS,
+        as they report it) for an l2 store.
+        """
+        q = np.asarray(query)
+        if q.ndim != 1:
+            msg = f"query: expected one vector (1-D array), received shape {q.shape}"
+            raise ShapeError(msg)
+        d = self.dim()
+        if q.shape[0] != d:
+            msg = f"query: expected width {d} (the store's), received {q.shape[0]}"
+            raise DimensionMismatchError(msg)
+        if not np.all(np.isfinite(q)):
+            msg = "query: expected finite values, received NaN or inf"
+            raise NonFiniteError(msg)
+        if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+            msg = f"k: expected a positive int, received {k!r}"
+            raise ConfigError(msg)
+        return self._search(q, int(k))
+
+    @abc.abstractmethod
+    def _search(self, query: np.ndarray, k: int) -> list[tuple[str, float]]:
+        """Native k-NN on a checked query."""
+
+    # -- shared checks ------------------------------------------------------------------------
+
+    def _check_write(
+        self, ids: Sequence[str], vectors: np.ndarray, batch_size: int
+    ) -> tuple[list[str], np.ndarray]:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            msg = f"batch_size: expected a positive int, received {batch_size!r}"
+            raise ConfigError(msg)
+        if isinstance(ids, str):
+            msg = "ids: expected a sequence of ids, received a single str"
+            raise NudgeInputError(msg)
+        ids = list(ids)
+        bad = [i for i in ids if not isinstance(i, str)]
+        if bad:
+            msg = f"ids: expected str ids, received {type(bad[0]).__name__} ({bad[0]!r})"
+            raise NudgeInputError(msg)
+        if len(set(ids)) != len(ids):
+            dupes = [i for i, n in Counter(ids).items() if n > 1]
+            msg = f"ids: expected distinct ids, received duplicates: {name_ids(dupes)}"
+            raise NudgeInputError(msg)
+        arr = np.asarray(vectors)
+        if arr.ndim != 2:
+            msg = f"vectors: expected a 2-D array (n, d), received shape {arr.shape}"
+            raise ShapeError(msg)
+        if arr.shape[0] != len(ids):
+            msg = f"vectors: expected {len(ids)} rows (one per id), received {arr.shape[0]}"
+            raise ShapeError(msg)
+        if not np.issubdtype(arr.dtype, np.floating):
+            msg = f"vectors: expected a float array, received dtype {arr.dtype}"
+            raise NudgeInputError(msg)
+        if not ids:
+            return ids, arr
+        d = self.dim()
+        if arr.shape[1] != d:
+            msg = f"vectors: expected width {d} (the store's), received {arr.shape[1]}"
+            raise DimensionMismatchError(msg)
+        finite = np.all(np.isfinite(arr), axis=1)
+        if not finite.all():
+            bad_ids = [ids[i] for i in np.flatnonzero(~finite)]
+            msg = f"vectors: expected finite values, received NaN or inf for {name_ids(bad_ids)}"
+            raise NonFiniteError(msg)
+        if self.metric == "cosine":
+            zero = ~np.any(arr != 0, axis=1)
+            if zero.any():
+                msg = (
+                    "vectors: all-zero rows cannot be ranked by cosine similarity, received "
+                    f"them for {name_ids([ids[i] for i in np.flatnonzero(zero)])}"
+                )
+                raise ZeroVectorError(msg)
+        return ids, arr
+
+    def _check_page_size(self, page_size: int) -> int:
+        if isinstance(page_size, bool) or not isinstance(page_size, int) or page_size < 1:
+            msg = f"page_size: expected a positive int, received {page_size!r}"
+            raise ConfigError(msg)
+        return page_size
+
+    def _raise_missing(self, missing: Sequence[str]) -> None:
+        msg = f"get: {len(missing)} id(s) are not in the {self.name} store: {name_ids(missing)}"
+        raise StoreError(msg)

@@ -1,0 +1,188 @@
+"""Adapter for a Chroma collection (as LlamaIndex's ``ChromaVectorStore`` and LangChain's
+``Chroma`` use it, or passed directly).
+
+Facts it relies on (chromadb 1.5):
+
+- ``collection.get(include=["embeddings", "documents", "metadatas"], limit=, offset=)`` pages
+  through the records in insertion order; updating a record does not move it.
+- ``get(ids=...)`` returns the records in the store's order, not the order asked for, and
+  silently leaves out ids that do not exist; so does ``update``, hence the checks first.
+- Chroma keeps float32. In process its client hands out float64 copies; over HTTP, float64
+  parsed from JSON decimals (not the same float64 values). Cast to float32, both give back
+  exactly what is stored, so pages are float32.
+- The space (``"l2"`` by default, ``"cosine"``, ``"ip"``) is fixed at creation and read from the
+  collection's configuration (``configuration_json`` in 1.x, ``"hnsw:space"`` metadata before).
+- In cosine space Chroma does not keep vectors bit for bit: it hands back a vector of the same
+  norm (not the unit vector) within ~1e-7 relative of what was written, ~3e-8 for unit vectors.
+  In l2 and ip spaces it keeps them exactly.
+- LangChain's ``Chroma.update_documents`` re-embeds the text; this adapter calls
+  ``collection.update(ids=, embeddings=)``, which changes the vectors only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from nudge_rag.errors import StoreError
+from nudge_rag.stores._base import (
+    Metric,
+    StorePage,
+    VectorStoreAdapter,
+    as_page_array,
+    empty_page,
+)
+
+__all__ = ["ChromaAdapter", "chroma_metric"]
+
+_SPACES: dict[str, Metric] = {"cosine": "cosine", "ip": "dot", "l2": "l2"}
+_ID_CHUNK = 1000
+
+
+def chroma_metric(collection: Any) -> Metric:
+    """The space a Chroma collection ranks by, as ``"cosine"``, ``"dot"`` or ``"l2"``."""
+    space: object = None
+    config = getattr(collection, "configuration", None)
+    if isinstance(config, dict):
+        for key in ("hnsw", "spann"):
+            sub = config.get(key)
+            if isinstance(sub, dict) and sub.get("space"):
+                space = sub["space"]
+                break
+    if space is None:
+        meta = getattr(collection, "metadata", None) or {}
+        space = meta.get("hnsw:space", "l2")
+    space = getattr(space, "value", space)
+    if space not in _SPACES:
+        msg = (
+            f"Chroma collection {collection.name!r} uses space {space!r}; "
+            f"supported spaces: {sorted(_SPACES)}"
+        )
+        raise StoreError(msg)
+    return _SPACES[str(space)]
+
+
+class ChromaAdapter(VectorStoreAdapter):
+    """A Chroma collection: ids, vectors, documents (the text) and metadata, in place.
+
+    For LlamaIndex's ``ChromaVectorStore`` the document is the node's text and the metadata is
+    the store's record as kept (including LlamaIndex's ``_node_content`` bookkeeping).
+
+    Args:
+        collection: A ``chromadb`` collection (local, persistent or HTTP client).
+        name: Which store this is (``"llamaindex-chroma"``, ``"langchain-chroma"``, ``"chroma"``).
+    """
+
+    def __init__(self, collection: Any, *, name: str = "chroma") -> None:
+        self._col = collection
+        self.name = name
+        self.metric = chroma_metric(collection)
+        self.normalizes_on_write = self.metric == "cosine"
+        self._dim: int | None = None
+
+    def count(self) -> int:
+        return int(self._col.count())
+
+    def dim(self) -> int:
+        if self._dim is None:
+            got = self._col.get(limit=1, include=["embeddings"])
+            emb = got["embeddings"]
+            if emb is None or len(emb) == 0:
+                msg = (
+                    f"the {self.name} collection {self._col.name!r} is empty, "
+                    "so it has no vector width yet"
+                )
+                raise StoreError(msg)
+            self._dim = len(emb[0])
+        return self._dim
+
+    def _include(self, with_documents: bool) -> list[str]:
+        return ["embeddings", "documents", "metadatas"] if with_documents else ["embeddings"]
+
+    def _to_page(self, got: Any, with_documents: bool) -> StorePage:
+        ids = list(got["ids"])
+        if not ids:
+            return empty_page(self._dim or 0)
+        emb = as_page_array(got["embeddings"], self.dim(), stored_as_float32=True)
+        if with_documents:
+            texts = list(got["documents"] or [None] * len(ids))
+            metas = [dict(m) if m else {} for m in (got["metadatas"] or [None] * len(ids))]
+        else:
+            texts, metas = [None] * len(ids), [{} for _ in ids]
+        return StorePage(ids, emb, texts, metas)
+
+    def iter_pages(
+        self, page_size: int = 1000, *, with_documents: bool = True
+    ) -> Iterator[StorePage]:
+        self._check_page_size(page_size)
+        include = self._include(with_documents)
+        offset = 0
+        while True:
+            got = self._col.get(include=include, limit=page_size, offset=offset)
+            page = self._to_page(got, with_documents)
+            if page.ids:
+                yield page
+            if len(page.ids) < page_size:
+                return
+            offset += len(page.ids)
+
+    def get(self, ids: Sequence[str]) -> StorePage:
+        ids = list(ids)
+        if not ids:
+            return empty_page(self.dim() if self.count() else 0)
+        wanted = list(dict.fromkeys(ids))
+        rows: dict[str, tuple[np.ndarray, str | None, dict]] = {}
+        for start in range(0, len(wanted), _ID_CHUNK):
+            got = self._col.get(ids=wanted[start : start + _ID_CHUNK], include=self._include(True))
+            page = self._to_page(got, True)
+            for j, id_ in enumerate(page.ids):
+                rows[id_] = (page.embeddings[j], page.texts[j], page.metadatas[j])
+        missing = [i for i in wanted if i not in rows]
+        if missing:
+            self._raise_missing(missing)
+        emb = np.stack([rows[i][0] for i in ids])
+        return StorePage(ids, emb, [rows[i][1] for i in ids], [dict(rows[i][2]) for i in ids])
+
+    def _missing(self, ids: list[str]) -> list[str]:
+        found: set[str] = set()
+        for start in range(0, len(ids), _ID_CHUNK):
+            found.update(self._col.get(ids=ids[start : start + _ID_CHUNK], include=[])["ids"])
+        return [i for i in ids if i not in found]
+
+    def _write_batch(self, ids: list[str], vectors: np.ndarray) -> None:
+        step = len(ids)
+        max_batch = _max_batch_size(self._col)
+        if max_batch:
+            step = min(step, max_batch)
+        vecs = np.ascontiguousarray(vectors, dtype=np.float32)
+        for start in range(0, len(ids), step):
+            self._col.update(ids=ids[start : start + step], embeddings=vecs[start : start + step])
+
+    def _search(self, query: np.ndarray, k: int) -> list[tuple[str, float]]:
+        n = self.count()
+        if n == 0:
+            return []
+        got = self._col.query(
+            query_embeddings=[np.asarray(query, dtype=np.float32)],
+            n_results=min(k, n),
+            include=["distances"],
+        )
+        ids, dists = got["ids"][0], got["distances"][0]
+        if self.metric == "l2":
+            scores = [-float(d) for d in dists]
+        else:  # cosine distance = 1 - cos; ip distance = 1 - dot
+            scores = [1.0 - float(d) for d in dists]
+        return list(zip(ids, scores, strict=True))
+
+
+def _max_batch_size(collection: Any) -> int | None:
+    client = getattr(collection, "_client", None)
+    getter = getattr(client, "get_max_batch_size", None)
+    if getter is None:
+        return None
+    try:
+        return int(getter())
+    except Exception:  # pragma: no cover - a client that cannot tell: no extra split
+        return None
