@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -11,7 +12,7 @@ import numpy as np
 from nudge_rag.errors import ConfigError, require
 from nudge_rag.integrations import Pipeline, QueryEmbedder, framework_of, generic_embedder
 
-__all__ = ["pipeline", "query_embedder"]
+__all__ = ["as_langchain_embeddings", "pipeline", "query_embedder"]
 
 
 def _is_embeddings(model: Any) -> bool:
@@ -23,6 +24,9 @@ def _is_embeddings(model: Any) -> bool:
 
 def query_embedder(model: Any, max_concurrency: int = 16) -> QueryEmbedder:
     """Embed queries with ``aembed_query`` (the query-side call), ``max_concurrency`` at a time."""
+    inner = getattr(model, "_inner", None) or getattr(model, "inner", None)
+    if inner is not None and hasattr(inner, "embed_queries"):
+        return generic_embedder(inner, max_concurrency)  # one of ours: batched, same vectors
     if not _is_embeddings(model):
         return generic_embedder(model, max_concurrency)
 
@@ -57,3 +61,29 @@ def pipeline(obj: Any, embed_model: Any = None, *, max_concurrency: int = 16) ->
         return obj.as_retriever(search_kwargs={} if k is None else {"k": k})
 
     return Pipeline("langchain", obj, query_embedder(model, max_concurrency), make_retriever)
+
+
+def as_langchain_embeddings(embedder: Any) -> Any:
+    """Wrap an embedder of ours (``embed_documents`` / ``embed_queries``, e.g.
+    :class:`~nudge_rag.embedding.LocalEmbedder`) as LangChain ``Embeddings``."""
+    require("langchain_core", "langchain")
+    return _embeddings_class()(embedder)
+
+
+@functools.cache
+def _embeddings_class() -> type:
+    from langchain_core.embeddings import Embeddings
+
+    class NudgeRagEmbeddings(Embeddings):
+        """A nudge_rag embedder as LangChain ``Embeddings`` (query side and document side)."""
+
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+
+        def embed_documents(self, texts: list[str]) -> list[list[float]]:
+            return [[float(x) for x in row] for row in self.inner.embed_documents(texts)]
+
+        def embed_query(self, text: str) -> list[float]:
+            return [float(x) for x in self.inner.embed_queries([text])[0]]
+
+    return NudgeRagEmbeddings

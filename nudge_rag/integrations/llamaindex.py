@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -11,7 +12,7 @@ import numpy as np
 from nudge_rag.errors import ConfigError, require
 from nudge_rag.integrations import Pipeline, QueryEmbedder, framework_of, generic_embedder
 
-__all__ = ["pipeline", "query_embedder"]
+__all__ = ["as_llamaindex_embedding", "pipeline", "query_embedder"]
 
 
 def _is_base_embedding(model: Any) -> bool:
@@ -22,6 +23,9 @@ def query_embedder(model: Any, max_concurrency: int = 16) -> QueryEmbedder:
     """Embed queries with ``aget_query_embedding`` (the query-side call), ``max_concurrency`` at
     a time. LlamaIndex has no batched query-side call; text-side batching would embed queries as
     documents, which differs for models with query instructions."""
+    inner = getattr(model, "_inner", None) or getattr(model, "inner", None)
+    if inner is not None and hasattr(inner, "embed_queries"):
+        return generic_embedder(inner, max_concurrency)  # one of ours: batched, same vectors
     if not _is_base_embedding(model):
         return generic_embedder(model, max_concurrency)
 
@@ -67,3 +71,45 @@ def pipeline(obj: Any, embed_model: Any = None, *, max_concurrency: int = 16) ->
         return index.as_retriever(**kwargs)
 
     return Pipeline("llamaindex", obj, query_embedder(model, max_concurrency), make_retriever)
+
+
+def as_llamaindex_embedding(embedder: Any, *, model_name: str | None = None) -> Any:
+    """Wrap an embedder of ours (``embed_documents`` / ``embed_queries``, e.g.
+    :class:`~nudge_rag.embedding.LocalEmbedder`) as a LlamaIndex ``BaseEmbedding``."""
+    require("llama_index.core", "llamaindex")
+    cls = _embedding_class()
+    name = model_name or str(getattr(embedder, "model_id", type(embedder).__name__))
+    return cls(embedder, model_name=name)
+
+
+@functools.cache
+def _embedding_class() -> type:
+    from llama_index.core.base.embeddings.base import BaseEmbedding
+    from llama_index.core.bridge.pydantic import PrivateAttr
+
+    class NudgeRagEmbedding(BaseEmbedding):
+        """A nudge_rag embedder as a LlamaIndex embedding model (batched on the text side)."""
+
+        _inner: Any = PrivateAttr()
+
+        def __init__(self, inner: Any, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self._inner = inner
+
+        @classmethod
+        def class_name(cls) -> str:
+            return "NudgeRagEmbedding"
+
+        def _get_query_embedding(self, query: str) -> list[float]:
+            return [float(x) for x in self._inner.embed_queries([query])[0]]
+
+        async def _aget_query_embedding(self, query: str) -> list[float]:
+            return self._get_query_embedding(query)
+
+        def _get_text_embedding(self, text: str) -> list[float]:
+            return [float(x) for x in self._inner.embed_documents([text])[0]]
+
+        def _get_text_embeddings(self, texts: list[str]) -> list[list[float]]:
+            return [[float(x) for x in row] for row in self._inner.embed_documents(texts)]
+
+    return NudgeRagEmbedding
