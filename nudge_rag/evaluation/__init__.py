@@ -37,3 +37,35 @@ __all__ = [
     "recall_at_k",
     "topk_rows",
 ]
+
+from nudge_rag.evaluation.evaluate import (
+    Comparison,
+    EvalQueries,
+    EvaluationResult,
+    MetricDelta,
+    RetrieverEvaluatorResult,
+    aevaluate,
+    allamaindex_retriever_evaluator,
+    compare,
+    evaluate,
+    llamaindex_retriever_evaluator,
+    retrieved_id,
+)
+from nudge_rag.evaluation.langsmith import langsmith_evaluator
+from nudge_rag.evaluation.plot import plot_comparison
+
+__all__ += [
+    "Comparison",
+    "EvalQueries",
+    "EvaluationResult",
+    "MetricDelta",
+    "RetrieverEvaluatorResult",
+    "aevaluate",
+    "allamaindex_retriever_evaluator",
+    "compare",
+    "evaluate",
+    "langsmith_evaluator",
+    "llamaindex_retriever_evaluator",
+    "plot_comparison",
+    "retrieved_id",
+]
