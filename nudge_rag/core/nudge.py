@@ -112,10 +112,26 @@ class _Moves:
 
 
 def _gradient(rows_local: np.ndarray, queries: QuerySet, s: int) -> np.ndarray:
-    """G_i = sum of the training queries that point to record i (local rows), float64."""
+    """G_i = sum of the training queries that point to record i (local rows), float64.
+
+    Summed by sorting the (query, record) pairs by record and reducing runs, in blocks, so that
+    no (pairs × d) float64 copy is ever made.
+    """
     g = np.zeros((s, queries.dim), dtype=np.float64)
-    if rows_local.size:
-        np.add.at(g, rows_local, queries.embeddings.astype(np.float64)[queries.query_of_answer])
+    if rows_local.size == 0:
+        return g
+    order = np.argsort(rows_local, kind="stable")
+    rows_sorted = rows_local[order]
+    queries_sorted = queries.query_of_answer[order]
+    block = 16384
+    for start in range(0, order.size, block):
+        rr = rows_sorted[start : start + block]
+        qq = queries_sorted[start : start + block]
+        heads = np.flatnonzero(np.concatenate([[True], rr[1:] != rr[:-1]]))
+        # float32 sums (a run holds a record's queries: few, unit-scale) are far faster than
+        # float64 ones here and accurate to ~1e-7 relative.
+        sums = np.add.reduceat(queries.embeddings[qq], heads, axis=0)
+        g[rr[heads]] += sums  # rows are distinct within a block
     return g
 
 
@@ -151,80 +167,178 @@ class _Validation:
     idcg: np.ndarray  # (nv,) ideal DCG@k (ndcg objectives)
 
 
-def _score_candidates(method: str, v: _Validation, cols: np.ndarray, gamma: float) -> np.ndarray:
-    """Scores at ``gamma`` of the S records ``cols`` (nv, c); -1 entries give -inf."""
-    safe = np.where(cols >= 0, cols, 0)
-    rowsel = np.arange(cols.shape[0])[:, None]
-    a = v.a[rowsel, safe]
-    moves = v.moves[safe]
-    if method == "nudge-m":
-        s = a + gamma * v.c[rowsel, safe] * moves
-    else:
-        assert v.b is not None and v.cap is not None
-        alpha = 1.0 - gamma / 2.0
-        beta = np.sqrt(max(gamma * (4.0 - gamma), 0.0)) / 2.0
-        moving = alpha * a + beta * v.b[rowsel, safe]
-        capped = v.cap[safe] >= alpha
-        moving = np.where(capped, v.c[rowsel, safe], moving)
-        s = np.where(moves, moving, a)
-    return np.where(cols >= 0, s, -np.inf)
+@dataclass
+class _Cands:
+    """Per validation query, S records that can matter, with precomputed scores.
+
+    Laid out so that a score at γ is three element-wise operations: records that never move
+    are stored as "always capped" (``cap = +inf``) with their constant score in ``c``, and
+    padding as a constant ``-inf``.
+    """
+
+    gains: np.ndarray  # (nv, w) relevance grade (0 = not relevant)
+    a: np.ndarray  # (nv, w) q·d
+    b: np.ndarray  # (nv, w) q·u (NUDGE-N; zeros for NUDGE-M)
+    c: np.ndarray  # (nv, w) q·Ĝ for moving records, the constant score otherwise
+    cap: np.ndarray  # (nv, w) d·Ĝ (NUDGE-N); +inf for records that never move
+
+    @property
+    def width(self) -> int:
+        return int(self.a.shape[1])
 
 
-def _objective_values(
-    objective: Objective, v: _Validation, cols: np.ndarray, gains: np.ndarray, s: np.ndarray
-) -> np.ndarray:
-    """Per-query objective given candidate scores ``s`` (nv, c) with relevance ``gains``."""
-    if objective == "top1":
-        rel = gains > 0
-        best_rel = np.max(np.where(rel, s, -np.inf), axis=1)
-        best_non = np.max(np.where(rel | (cols < 0), -np.inf, s), axis=1)
-        best_non = np.maximum(best_non, v.const[:, 0])
-        return (best_rel > best_non).astype(np.float64)
-    k = v.const.shape[1]
-    # Constants first: a tie between a constant and a candidate goes to the constant (pessimistic).
-    allscores = np.concatenate([v.const.astype(np.float64), s], axis=1)
-    allgains = np.concatenate([np.zeros_like(v.const, dtype=np.float64), gains], axis=1)
-    kk = min(k, allscores.shape[1])
-    order = np.argsort(-allscores, axis=1, kind="stable")[:, :kk]
-    g = np.take_along_axis(allgains, order, axis=1)
-    g = np.where(np.isfinite(np.take_along_axis(allscores, order, axis=1)), g, 0.0)
-    disc = 1.0 / np.log2(np.arange(2, kk + 2))
-    dcg = g @ disc
-    return np.where(v.idcg > 0, dcg / np.where(v.idcg > 0, v.idcg, 1.0), 0.0)
-
-
-def _candidates(method: str, v: _Validation, gamma_max: float) -> tuple[np.ndarray, np.ndarray]:
-    """Per validation query, the S records that can matter: its answers, and moved non-answers
-    whose best possible score over γ in [0, gamma_max] beats the k-th best constant score."""
-    if method == "nudge-m":
-        ub = v.a + gamma_max * np.maximum(v.c, 0.0) * v.moves
-    else:
-        assert v.b is not None
-        ub = np.maximum(np.sqrt(v.a**2 + v.b**2), v.c)
-        ub = np.where(v.moves, ub, v.a)
-    keep = (v.rel_gain > 0) | (v.moves & (ub > v.const[:, -1:]))
+def _gather(v: _Validation, keep: np.ndarray, method: str) -> _Cands:
+    nv = keep.shape[0]
     counts = keep.sum(axis=1)
     width = max(int(counts.max()) if counts.size else 0, 1)
-    cols = np.full((keep.shape[0], width), -1, dtype=np.int64)
+    cols = np.full((nv, width), -1, dtype=np.int64)
     qi, si = np.nonzero(keep)
     pos = np.arange(qi.size) - np.repeat(np.cumsum(counts) - counts, counts)
     cols[qi, pos] = si
-    gains = np.where(
-        cols >= 0, v.rel_gain[np.arange(cols.shape[0])[:, None], np.maximum(cols, 0)], 0
+    valid = cols >= 0
+    safe = np.where(valid, cols, 0)
+    rows = np.arange(nv)[:, None]
+    moves = valid & v.moves[safe]
+    a = np.where(valid, v.a[rows, safe], -np.inf)
+    b = np.where(moves, v.b[rows, safe], 0.0) if v.b is not None else np.zeros(cols.shape)
+    cap = np.where(moves, v.cap[safe], np.inf) if v.cap is not None else np.zeros(cols.shape)
+    # NUDGE-M scores a + γc: a record that never moves has c = 0. NUDGE-N: see the class doc.
+    still = 0.0 if method == "nudge-m" else a
+    return _Cands(
+        gains=np.where(valid, v.rel_gain[rows, safe], 0.0),
+        a=a,
+        b=b,
+        c=np.where(moves, v.c[rows, safe], still),
+        cap=cap,
     )
-    return cols, gains.astype(np.float64)
+
+
+def _score_candidates(method: str, cd: _Cands, gammas: np.ndarray) -> np.ndarray:
+    """Scores ``(len(gammas), nv, w)`` of the candidates at each γ (padding scores -inf)."""
+    g = np.asarray(gammas, dtype=np.float64)[:, None, None]
+    if method == "nudge-m":
+        return cd.a[None] + g * cd.c[None]
+    alpha = 1.0 - g / 2.0
+    beta = np.sqrt(np.maximum(g * (4.0 - g), 0.0)) / 2.0
+    out = alpha * cd.a[None]
+    out += beta * cd.b[None]
+    return np.where(cd.cap[None] >= alpha, cd.c[None], out)
+
+
+def _objective_values(
+    objective: Objective, v: _Validation, rel: np.ndarray, rel_s: np.ndarray, non_s: np.ndarray
+) -> np.ndarray:
+    """Per γ and query ``(G, nv)``: the objective from the scores of the answers (``rel_s``,
+    ``(G, nv, wr)``), of the other candidates (``non_s``) and the constant scores."""
+    if objective == "top1":
+        best_non = np.maximum(non_s.max(axis=2), v.const[None, :, 0])
+        return (rel_s.max(axis=2) > best_non).astype(np.float64)
+    k = v.const.shape[1]
+    G = rel_s.shape[0]
+    # Constants first: a tie between a constant and a candidate goes to the constant (pessimistic).
+    const = np.broadcast_to(v.const[None], (G, *v.const.shape))
+    allscores = np.concatenate([const, non_s, rel_s], axis=2)
+    gains = np.concatenate([np.zeros(v.const.shape), np.zeros(non_s.shape[1:]), rel], axis=1)
+    width = allscores.shape[2]
+    kk = min(k, width)
+    if width > kk:
+        part = np.argpartition(-allscores, kk - 1, axis=2)[:, :, :kk]
+    else:
+        part = np.broadcast_to(np.arange(width), allscores.shape).copy()
+    sc = np.take_along_axis(allscores, part, axis=2)
+    # the k best in order, ties broken by column (as a stable full sort would)
+    order = np.lexsort((part, -sc), axis=2)
+    idx = np.take_along_axis(part, order, axis=2)
+    g = np.take_along_axis(np.broadcast_to(gains[None], allscores.shape), idx, axis=2)
+    g = np.where(np.isfinite(np.take_along_axis(allscores, idx, axis=2)), g, 0.0)
+    dcg = g @ (1.0 / np.log2(np.arange(2, kk + 2)))
+    safe = np.where(v.idcg > 0, v.idcg, 1.0)
+    return np.where(v.idcg[None] > 0, dcg / safe[None], 0.0)
+
+
+def _gamma_blocks(gammas: np.ndarray, per_gamma: int, budget: int = 2_000_000) -> list[np.ndarray]:
+    """Split ``gammas`` into blocks whose scores fit in ``budget`` elements."""
+    size = max(1, budget // max(per_gamma, 1))
+    return [gammas[i : i + size] for i in range(0, gammas.size, size)]
+
+
+def _upper_bound(method: str, v: _Validation, gamma_max: float) -> np.ndarray:
+    """The best score each S record can reach for a query over γ in [0, gamma_max]."""
+    if method == "nudge-m":
+        return np.where(v.moves, v.a + gamma_max * np.maximum(v.c, 0.0), v.a)
+    assert v.b is not None and v.cap is not None
+    g = min(gamma_max, 4.0)
+    alpha, beta = 1.0 - g / 2.0, np.sqrt(g * (4.0 - g)) / 2.0
+    # Uncapped, the score is r·cos(θ - φ) for θ in [0, θmax]: r if φ falls inside, else an end.
+    theta_max = np.arccos(np.clip(alpha, -1.0, 1.0))
+    phi = np.arctan2(v.b, v.a)
+    ends = np.maximum(v.a, alpha * v.a + beta * v.b)
+    ub = np.where((phi >= 0) & (phi <= theta_max), np.hypot(v.a, v.b), ends)
+    ub = np.where(v.cap >= alpha, np.maximum(ub, v.c), ub)
+    return np.where(v.moves, ub, v.a)
+
+
+def _kth(s: np.ndarray, k: int) -> np.ndarray:
+    """The k-th largest along the last axis (-inf where there are fewer than k)."""
+    if s.shape[-1] < k:
+        return np.full(s.shape[:-1], -np.inf)
+    return s.max(axis=-1) if k == 1 else -np.partition(-s, k - 1, axis=-1)[..., k - 1]
+
+
+def _buckets(counts: np.ndarray) -> list[np.ndarray]:
+    """Group queries by candidate count (powers of two), so padding at most doubles the work."""
+    key = np.ceil(np.log2(np.maximum(counts, 1))).astype(np.int64)
+    return [np.flatnonzero(key == b) for b in np.unique(key)]
 
 
 def _grid_search(
     method: str, objective: Objective, v: _Validation, gammas: np.ndarray
 ) -> tuple[float, np.ndarray]:
-    cols, gains = _candidates(method, v, float(gammas.max()) if gammas.size else 0.0)
-    scores = np.empty(gammas.size, dtype=np.float64)
-    for i, g in enumerate(gammas):
-        s = _score_candidates(method, v, cols, float(g))
-        scores[i] = _objective_values(objective, v, cols, gains, s).mean()
+    """Evaluate the objective at every γ of ``gammas``; return the best (smallest among ties).
+
+    Per query only its answers and the moved non-answers that can enter its top k at some γ are
+    scored: a non-answer is left out when its best possible score stays at or below the k-th best
+    constant score, or below the k-th best answer score at every γ. Queries are grouped by how
+    many candidates they keep, and each γ costs a few element-wise operations per group.
+    """
+    relmask = v.rel_gain > 0
+    k = v.const.shape[1]
+    lowest = np.full(relmask.shape[0], np.inf)
+    for qs in _buckets(relmask.sum(axis=1)):
+        sub = _subset(v, qs)
+        rc = _gather(sub, relmask[qs], method)
+        for blk in _gamma_blocks(gammas, rc.a.size):
+            kth = _kth(_score_candidates(method, rc, blk), k).min(axis=0)
+            lowest[qs] = np.minimum(lowest[qs], kth)
+    ub = _upper_bound(method, v, float(gammas.max()) if gammas.size else 0.0)
+    keep = ~relmask & v.moves & (ub > v.const[:, -1:]) & (ub >= lowest[:, None])
+    scores = np.zeros(gammas.size, dtype=np.float64)
+    for qs in _buckets(np.maximum(relmask.sum(axis=1), keep.sum(axis=1))):
+        sub = _subset(v, qs)
+        rc, nc = _gather(sub, relmask[qs], method), _gather(sub, keep[qs], method)
+        pos = 0
+        for blk in _gamma_blocks(gammas, rc.a.size + nc.a.size + sub.const.size):
+            rel_s = _score_candidates(method, rc, blk)
+            non_s = _score_candidates(method, nc, blk)
+            vals = _objective_values(objective, sub, rc.gains, rel_s, non_s)
+            scores[pos : pos + blk.size] += vals.sum(axis=1)
+            pos += blk.size
+    scores /= max(relmask.shape[0], 1)
     best = int(np.argmax(scores))  # first maximum: the smallest γ among ties
     return float(gammas[best]), scores
+
+
+def _subset(v: _Validation, qs: np.ndarray) -> _Validation:
+    return _Validation(
+        a=v.a[qs],
+        b=None if v.b is None else v.b[qs],
+        c=v.c[qs],
+        moves=v.moves,
+        cap=v.cap,
+        rel_gain=v.rel_gain[qs],
+        const=v.const[qs],
+        idcg=v.idcg[qs],
+    )
 
 
 def _m_intervals(v: _Validation, chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
@@ -653,10 +767,10 @@ class NudgeM(_Nudge):
             return gamma, ValidationCurve(gammas, scores, obj, len(val))
         lo, hi = _m_intervals(v)
         if obj == "top1":
-            gammas = _m_curve_gammas(lo, hi)
+            gammas = _m_curve_gammas(lo, hi, n=64)
             _, scores = _grid_search(self.method, obj, v, gammas)
             return _most_covered_point(lo, hi), ValidationCurve(gammas, scores, obj, len(val))
         # NDCG changes wherever any two scores cross; search between the interval ends.
-        gammas = _m_curve_gammas(lo, hi, n=400)
+        gammas = _m_curve_gammas(lo, hi, n=160)
         gamma, scores = _grid_search(self.method, obj, v, gammas)
         return gamma, ValidationCurve(gammas, scores, obj, len(val))
