@@ -17,7 +17,9 @@ from nudge_rag.core import (
     validation_split,
 )
 from nudge_rag.errors import NudgeError
+from nudge_rag.evaluation.evaluate import evaluate
 from nudge_rag.finetuner import FinetuneReport, NudgeEmbeddingFinetuner
+from nudge_rag.querygen import generate_queries
 
 __version__ = "0.1.0"
 
@@ -33,5 +35,7 @@ __all__ = [
     "UnmovedTopK",
     "ValidationCurve",
     "__version__",
+    "evaluate",
+    "generate_queries",
     "validation_split",
 ]

@@ -213,6 +213,12 @@ class NudgeEmbeddingFinetuner:
         write_batch_size: Records written per call to the store.
         max_concurrency: Queries embedded concurrently.
         show_progress: Show progress bars (tqdm) while reading and writing.
+        llm: Writes training queries when :meth:`finetune` gets none: a LlamaIndex LLM, a
+            LangChain chat model / Runnable, or a (sync or async) callable ``prompt -> str``.
+            ``None``: the offline generator (no model; see :mod:`nudge_rag.querygen`).
+        queries_per_chunk: Queries written per chunk.
+        max_chunks: Write queries for a seeded sample of this many chunks only.
+        query_cache: JSONL file that makes query generation resumable (LLM only).
     """
 
     store: Any
@@ -229,7 +235,12 @@ class NudgeEmbeddingFinetuner:
     write_batch_size: int = 500
     max_concurrency: int = 16
     show_progress: bool = False
+    llm: Any = None
+    queries_per_chunk: int = 2
+    max_chunks: int | None = None
+    query_cache: str | os.PathLike[str] | None = None
     report: FinetuneReport | None = field(default=None, init=False)
+    generated: Any = field(default=None, init=False, repr=False)
     _adapter: VectorStoreAdapter = field(init=False, repr=False)
     _pipeline: Pipeline | None = field(default=None, init=False, repr=False)
 
@@ -261,13 +272,14 @@ class NudgeEmbeddingFinetuner:
             raise MetricError(msg)
 
     # ------------------------------------------------------------------ public API
-    def finetune(self, train_queries: Any, *, similarity_top_k: int | None = None) -> Any:
+    def finetune(self, train_queries: Any = None, *, similarity_top_k: int | None = None) -> Any:
         """Fine-tune the stored vectors on ``train_queries`` and return a retriever.
 
         Args:
             train_queries: ``[(query text, [record id, ...]), ...]``, a dataset with ``queries``
                 and ``relevant_docs`` (ids are the store's record ids: node ids / document ids),
-                or the path of its JSON file.
+                or the path of its JSON file. ``None``: write them from the stored chunks with
+                ``llm`` (or the offline generator) first; see :meth:`agenerate_queries`.
             similarity_top_k: ``k`` of the returned retriever (overrides the constructor's).
 
         Returns:
@@ -279,8 +291,12 @@ class NudgeEmbeddingFinetuner:
         """
         return _run_sync(self.afinetune(train_queries, similarity_top_k=similarity_top_k))
 
-    async def afinetune(self, train_queries: Any, *, similarity_top_k: int | None = None) -> Any:
+    async def afinetune(
+        self, train_queries: Any = None, *, similarity_top_k: int | None = None
+    ) -> Any:
         """Async twin of :meth:`finetune`, for applications that already run an event loop."""
+        if train_queries is None:
+            train_queries = await self.agenerate_queries()
         pairs = as_training_pairs(train_queries)
         if not pairs:
             msg = "train_queries is empty: NUDGE needs at least a few training queries"
@@ -392,6 +408,49 @@ class NudgeEmbeddingFinetuner:
                 self._adapter.name,
             )
         return retriever
+
+    async def agenerate_queries(self) -> Any:
+        """Write training queries for the stored chunks (``llm``, or the offline generator).
+
+        Chunk ids are read first (vectors and texts are not kept), a seeded sample of
+        ``max_chunks`` is drawn if set, and only the sampled chunks' texts are fetched. The
+        result (a :class:`~nudge_rag.querygen.GeneratedDataset`) is kept in :attr:`generated`.
+        """
+        from nudge_rag.querygen import agenerate_queries
+        from nudge_rag.querygen.generate import sample_chunks
+
+        def read() -> dict[str, str]:
+            ids = [
+                i
+                for p in self._adapter.iter_pages(self.page_size, with_documents=False)
+                for i in p.ids
+            ]
+            chosen = sample_chunks(ids, self.max_chunks, self.seed)
+            texts: dict[str, str] = {}
+            for start in range(0, len(chosen), self.page_size):
+                page = self._adapter.get(chosen[start : start + self.page_size])
+                for rid, text in zip(page.ids, page.texts, strict=True):
+                    if text:
+                        texts[rid] = text
+            if not texts:
+                msg = (
+                    f"the {self._adapter.name} store holds no chunk texts to write queries for; "
+                    "pass train_queries (or the VectorStoreIndex whose docstore has the texts)"
+                )
+                raise ConfigError(msg)
+            return texts
+
+        chunks = await asyncio.to_thread(read)
+        self.generated = await agenerate_queries(
+            chunks,
+            self.llm,
+            queries_per_chunk=self.queries_per_chunk,
+            seed=self.seed,
+            max_concurrency=self.max_concurrency,
+            cache_path=None if self.query_cache is None else str(self.query_cache),
+            show_progress=self.show_progress,
+        )
+        return self.generated
 
     def retriever(self, similarity_top_k: int | None = None) -> Any:
         """The framework's own retriever over the (fine-tuned) store."""

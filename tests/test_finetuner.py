@@ -253,3 +253,53 @@ def test_llamaindex_index_gets_its_own_retriever(tmp_path):
     assert changed == sorted(ft.report.moved_ids)
     ft.revert()
     assert {k: list(v) for k, v in vs.data.embedding_dict.items()} == before
+
+
+def test_finetune_without_queries_generates_them_with_the_llm(lc_store, tmp_path):
+    """A scripted async LLM writes questions from each chunk; finetune() trains on them."""
+    import re
+
+    calls = []
+
+    async def llm(prompt: str) -> str:
+        calls.append(prompt)
+        m = re.search(r"topic(\d+)", prompt)
+        d = int(m.group(1))
+        return (
+            f'["which note covers alpha{(d + 1) % 7} beta{(d + 2) % 5} and topic{d}?", '
+            f'"where is topic{d} discussed with alpha{(d + 1) % 7}?"]'
+        )
+
+    ft = NudgeEmbeddingFinetuner(
+        lc_store,
+        llm=llm,
+        state_dir=tmp_path / "st",
+        max_chunks=20,
+        query_cache=tmp_path / "q.jsonl",
+    )
+    ft.finetune()
+    assert len(calls) == 20  # one call per sampled chunk
+    ds = ft.generated
+    assert len(ds.queries) == 40 and len(ds.relevant_docs) == 40
+    assert ft.report.n_train + ft.report.n_val == 40
+    # a second run resumes from the cache: no new LLM call
+    NudgeEmbeddingFinetuner(
+        lc_store,
+        llm=llm,
+        state_dir=tmp_path / "st",
+        max_chunks=20,
+        query_cache=tmp_path / "q.jsonl",
+    ).finetune()
+    assert len(calls) == 20
+
+
+def test_finetune_without_queries_or_llm_uses_the_offline_generator(lc_store, tmp_path):
+    before = snapshot(lc_store)
+    ft = NudgeEmbeddingFinetuner(lc_store, state_dir=tmp_path / "st")
+    retriever = ft.finetune(similarity_top_k=2)
+    assert len(ft.generated.queries) > 0
+    assert set(ft.generated.corpus) == set(before)
+    assert retriever is not None
+    assert ft.report.after is None or ft.report.after.ndcg >= ft.report.before.ndcg
+    ft.revert()
+    assert snapshot(lc_store) == before

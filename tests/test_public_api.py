@@ -56,6 +56,8 @@ def test_public_names():
         "UnmovedTopK",
         "ValidationCurve",
         "__version__",
+        "evaluate",
+        "generate_queries",
         "validation_split",
     }
     for name in nudge_rag.__all__:
