@@ -16,6 +16,7 @@
     │   ├── MetricError              the method does not suit the store's similarity metric
     │   └── WriteBackError           a write-back failed; the journal can restore the store
     ├── StateError                   saved fine-tuning state is missing, corrupt or foreign
+    ├── QueryGenerationError         an LLM call for a chunk failed after its retries
     └── DependencyError (ImportError) an optional dependency is not installed
 
 Every message names what is wrong: the argument, what was expected and what was received.
@@ -33,6 +34,7 @@ __all__ = [
     "NonFiniteError",
     "NudgeError",
     "NudgeInputError",
+    "QueryGenerationError",
     "ShapeError",
     "StateError",
     "StoreError",
@@ -96,6 +98,18 @@ class WriteBackError(StoreError):
 
 class StateError(NudgeError):
     """Saved fine-tuning state is missing, corrupt, or belongs to another store."""
+
+
+class QueryGenerationError(NudgeError):
+    """An LLM call for a chunk failed after all its retries (with ``on_error="raise"``).
+
+    Attributes:
+        chunk_id: The chunk whose questions could not be generated.
+    """
+
+    def __init__(self, message: str, chunk_id: str) -> None:
+        super().__init__(message)
+        self.chunk_id = chunk_id
 
 
 class DependencyError(NudgeError, ImportError):

@@ -355,8 +355,14 @@ class NudgeEmbeddingFinetuner:
 
         moved_ids = [s_ids[r] for r in res.moved]
         note = ""
-        if res.gamma == 0 or not moved_ids:
-            note = (
+        worse = ""
+        if before is not None and after is not None and after.ndcg < before.ndcg - 1e-12:
+            worse = (
+                f"the chosen γ={res.gamma:.4g} would lower held-out NDCG@10 "
+                f"({before.ndcg:.4f} -> {after.ndcg:.4f}), so the store keeps its original vectors"
+            )
+        if res.gamma == 0 or not moved_ids or worse:
+            note = worse or (
                 "validation preferred γ = 0: no move improved the held-out queries, so the store "
                 "keeps its original vectors"
             )

@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from nudge_rag.errors import ConfigError, DependencyError, NudgeError, require
+from nudge_rag.errors import ConfigError, DependencyError, QueryGenerationError, require
 from nudge_rag.evaluation.datasets import QADataset
 from nudge_rag.querygen.cache import QueryCache, config_hash
 from nudge_rag.querygen.filter import RoundTrip, RoundTripReport, round_trip_ranks
@@ -43,18 +43,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-
-class QueryGenerationError(NudgeError):
-    """An LLM call for a chunk failed after all its retries (with ``on_error="raise"``).
-
-    Attributes:
-        chunk_id: The chunk whose questions could not be generated.
-    """
-
-    def __init__(self, message: str, chunk_id: str) -> None:
-        super().__init__(message)
-        self.chunk_id = chunk_id
 
 
 class _MalformedAnswer(Exception):
