@@ -767,7 +767,7 @@ class NudgeM(_Nudge):
             return gamma, ValidationCurve(gammas, scores, obj, len(val))
         lo, hi = _m_intervals(v)
         if obj == "top1":
-            gammas = _m_curve_gammas(lo, hi, n=64)
+            gammas = _m_curve_gammas(lo, hi, n=32)
             _, scores = _grid_search(self.method, obj, v, gammas)
             return _most_covered_point(lo, hi), ValidationCurve(gammas, scores, obj, len(val))
         # NDCG changes wherever any two scores cross; search between the interval ends.
