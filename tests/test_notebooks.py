@@ -113,8 +113,7 @@ def check_printed(nb: Any) -> str:
     assert after >= before, f"10-K held-out NDCG@10 fell: {before:.4f} -> {after:.4f}"
     sf_before, sf_after = held_out_scifact(nb)
     assert sf_after > sf_before + SCIFACT_MIN_GAIN, (
-        f"SciFact held-out NDCG@10 {sf_before:.4f} -> {sf_after:.4f}, "
-        f"not {SCIFACT_MIN_GAIN} above"
+        f"SciFact held-out NDCG@10 {sf_before:.4f} -> {sf_after:.4f}, not {SCIFACT_MIN_GAIN} above"
     )
     return (
         f"10-K held-out NDCG@10 {before:.4f} -> {after:.4f}; "
