@@ -114,6 +114,32 @@ def resolve_pipeline(obj: Any, embed_model: Any = None, *, max_concurrency: int 
     return Pipeline("none", obj, _generic_embedder(embed_model, max_concurrency), None)
 
 
+def framework_query_embedder(
+    model: Any, is_framework_model: bool, method: str, max_concurrency: int
+) -> QueryEmbedder:
+    """Embed queries with the framework model's async query-side ``method`` (one query per call,
+    ``max_concurrency`` in flight); an embedder of ours wrapped for the framework is called
+    batched instead, and anything else goes through :func:`generic_embedder`."""
+    inner = getattr(model, "_inner", None) or getattr(model, "inner", None)
+    if inner is not None and hasattr(inner, "embed_queries"):
+        return generic_embedder(inner, max_concurrency)  # one of ours: batched, same vectors
+    if not is_framework_model:
+        return generic_embedder(model, max_concurrency)
+    call = getattr(model, method)
+
+    async def run(texts: Sequence[str]) -> np.ndarray:
+        sem = asyncio.Semaphore(max_concurrency)
+
+        async def one(t: str) -> Any:
+            async with sem:
+                return await call(t)
+
+        out = await asyncio.gather(*(one(t) for t in texts))
+        return np.asarray(out, dtype=np.float32).reshape(len(texts), -1)
+
+    return run
+
+
 def generic_embedder(model: Any, max_concurrency: int = 16) -> QueryEmbedder:
     """Public for the framework modules: an embedder for non-framework models."""
     return _generic_embedder(model, max_concurrency)

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
-from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-
 from nudge_rag.errors import ConfigError, require
-from nudge_rag.integrations import Pipeline, QueryEmbedder, framework_of, generic_embedder
+from nudge_rag.integrations import (
+    Pipeline,
+    QueryEmbedder,
+    framework_of,
+    framework_query_embedder,
+)
 
 __all__ = ["as_langchain_embeddings", "pipeline", "query_embedder"]
 
@@ -24,23 +25,7 @@ def _is_embeddings(model: Any) -> bool:
 
 def query_embedder(model: Any, max_concurrency: int = 16) -> QueryEmbedder:
     """Embed queries with ``aembed_query`` (the query-side call), ``max_concurrency`` at a time."""
-    inner = getattr(model, "_inner", None) or getattr(model, "inner", None)
-    if inner is not None and hasattr(inner, "embed_queries"):
-        return generic_embedder(inner, max_concurrency)  # one of ours: batched, same vectors
-    if not _is_embeddings(model):
-        return generic_embedder(model, max_concurrency)
-
-    async def run(texts: Sequence[str]) -> np.ndarray:
-        sem = asyncio.Semaphore(max_concurrency)
-
-        async def one(t: str) -> list[float]:
-            async with sem:
-                return await model.aembed_query(t)
-
-        out = await asyncio.gather(*(one(t) for t in texts))
-        return np.asarray(out, dtype=np.float32).reshape(len(texts), -1)
-
-    return run
+    return framework_query_embedder(model, _is_embeddings(model), "aembed_query", max_concurrency)
 
 
 def pipeline(obj: Any, embed_model: Any = None, *, max_concurrency: int = 16) -> Pipeline:
