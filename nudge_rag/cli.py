@@ -954,6 +954,10 @@ def _cmd_revert(args: argparse.Namespace) -> int:
     src = open_source(args, create=False)
     state_dir = Path(args.state_dir) if args.state_dir else src.state_dir
     assert state_dir is not None
+    if not state_dir.exists() and args.state_dir is None:
+        # finetune writes no state when it writes nothing (γ = 0): the store is as it was
+        print(f"nothing to revert: no fine-tuning state at {state_dir} (nothing was written)")
+        return 0
     _, _, state = _state_vectors(state_dir)
     from nudge_rag import NudgeEmbeddingFinetuner
 
