@@ -414,3 +414,15 @@ def test_matches_reference_package(seed):
     assert ours_m.gamma == pytest.approx(ref_gamma_m, abs=1e-6)
     np.testing.assert_allclose(ours_m.embeddings, ref_m, atol=1e-5)
     np.testing.assert_allclose(ours_n.embeddings, ref_n, atol=1e-5)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("objective", ["top1", "ndcg@10"])
+def test_default_coarse_to_fine_search_finds_the_fine_grid_optimum(seed, objective):
+    docs, qt, ta, qv, va = problem(seed)
+    tr, v = QuerySet(qt, ta), QuerySet(qv, va)
+    fast = NudgeN(objective=objective).fit(docs, tr, v)
+    full = NudgeN(objective=objective, gammas=NudgeN.DEFAULT_GAMMAS).fit(docs, tr, v)
+    assert fast.curve.best == pytest.approx(full.curve.best, abs=1e-12)
+    assert fast.gamma == full.gamma
+    assert fast.curve.gammas.size < full.curve.gammas.size / 3
