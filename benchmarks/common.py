@@ -23,9 +23,10 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from nudge_rag.core import QuerySet  # noqa: E402
 from nudge_rag.embedding import LocalEmbedder, default_cache_dir  # noqa: E402
-from nudge_rag.evaluation import answers_to_csr, ranking_metrics, topk_rows  # noqa: E402
 from nudge_rag.evaluation.datasets import load_beir, paper_split  # noqa: E402
+from nudge_rag.experiment import evaluate_embeddings, qrels_order  # noqa: E402
 
 logger = logging.getLogger("benchmarks")
 
@@ -111,13 +112,6 @@ class Prepared:
         return [sorted(a) for a in self.answers[split]]
 
 
-def qrels_order(folder: Path) -> tuple[str, ...]:
-    """The paper's pooling order; NFCorpus's graded train file replaces the flattened one."""
-    qdir = folder / "qrels"
-    train = "train_graded" if (qdir / "train_graded.tsv").is_file() else "train"
-    return (train, "dev", "test")
-
-
 def prepare(folder: Path, work: Path, *, batch_size: int = 32, progress: bool = True) -> Path:
     """Embed (disk-cached) and split one BEIR folder; write the arrays the workers read.
 
@@ -125,8 +119,7 @@ def prepare(folder: Path, work: Path, *, batch_size: int = 32, progress: bool = 
     """
     work.mkdir(parents=True, exist_ok=True)
     order = qrels_order(folder)
-    qdir = folder / "qrels"
-    present = [s for s in order if (qdir / f"{s}.tsv").is_file()]
+    present = list(order)
     data = load_beir(folder, qrels=present)
     train, val, test = paper_split(data.qrels, order)
     emb = LocalEmbedder(batch_size=batch_size, show_progress=progress)
@@ -192,9 +185,7 @@ def evaluate(
 
     Inner product, not cosine: NUDGE-M's output is not unit-norm and must be searched by dot.
     """
-    scores = np.asarray(q_emb, np.float32) @ np.asarray(doc_emb, np.float32).T
-    ranked = topk_rows(scores, k)
-    m = ranking_metrics(ranked, *answers_to_csr(answers), k=k)
+    m = evaluate_embeddings(doc_emb, QuerySet(q_emb, answers), k)
     return {"ndcg": m.ndcg.tolist(), "recall": m.recall.tolist()}
 
 

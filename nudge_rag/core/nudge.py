@@ -182,10 +182,6 @@ class _Cands:
     c: np.ndarray  # (nv, w) q·Ĝ for moving records, the constant score otherwise
     cap: np.ndarray  # (nv, w) d·Ĝ (NUDGE-N); +inf for records that never move
 
-    @property
-    def width(self) -> int:
-        return int(self.a.shape[1])
-
 
 def _gather(v: _Validation, keep: np.ndarray, method: str, qs: np.ndarray) -> _Cands:
     """Candidates of the validation queries ``qs`` (rows of ``v``); ``keep`` is ``(len(qs), s)``."""
