@@ -41,7 +41,9 @@ def ours(name: str, model, d, t, v):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--seeds", type=int, default=8)
     ap.add_argument("--data", nargs="*", default=["scifact", "nfcorpus"])
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "splits.md")
@@ -78,13 +80,21 @@ def main() -> None:
                 ours("ours NUDGE-M (top1, refit)", NudgeM(refit=True), docs, t, v),
             ]
             if NUDGEN is not None:
-                ts = {"q_embs": t.embeddings.copy(), "q_ans_indx": [t.answer_rows(i).tolist() for i in range(len(t))]}
-                vs = {"q_embs": v.embeddings.copy(), "q_ans_indx": [v.answer_rows(i).tolist() for i in range(len(v))]}
+                ts = {
+                    "q_embs": t.embeddings.copy(),
+                    "q_ans_indx": [t.answer_rows(i).tolist() for i in range(len(t))],
+                }
+                vs = {
+                    "q_embs": v.embeddings.copy(),
+                    "q_ans_indx": [v.answer_rows(i).tolist() for i in range(len(v))],
+                }
                 with contextlib.redirect_stdout(io.StringIO()):
                     runs.append(("nudge-ft NUDGEN", NUDGEN().finetune_embeddings(docs, ts, vs)))
                     runs.append(("nudge-ft NUDGEM", NUDGEM().finetune_embeddings(docs, ts, vs)))
             for label, e in runs:
-                res.setdefault(label, []).append(float(evaluate_embeddings(e, s).ndcg.mean() - base))
+                res.setdefault(label, []).append(
+                    float(evaluate_embeddings(e, s).ndcg.mean() - base)
+                )
             print(f"{name} seed {seed} done", flush=True)
     lines = [
         f"Gain in test NDCG@10 over no fine-tuning, paper protocol, split seeds 0..{args.seeds - 1} "

@@ -34,7 +34,9 @@ def split_pairs(exp, data):
     from nudge_rag.evaluation.datasets import paper_split
 
     tr, va, te = paper_split(data.qrels, ("train", "dev", "test"))
-    pairs = [(data.queries[q], {d: float(g) for d, g in j.items()}) for q, j in {**tr, **va}.items()]
+    pairs = [
+        (data.queries[q], {d: float(g) for d, g in j.items()}) for q, j in {**tr, **va}.items()
+    ]
     test = [(data.queries[q], {d: float(g) for d, g in j.items()}) for q, j in te.items()]
     return pairs, test
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from nudge_rag.core.queries import QuerySet, as_float32_matrix
 from nudge_rag.core.split import validation_split
-from nudge_rag.core.topk import BestUnmovedScores, UnmovedTopK, normalize_rows
+from nudge_rag.core.topk import BestUnmovedScores, UnmovedTopK, normalize_rows, row_norms
 from nudge_rag.errors import ConfigError, ShapeError
 
 __all__ = ["NudgeM", "NudgeN", "NudgeResult", "ValidationCurve"]
@@ -130,7 +130,7 @@ def _gradient(rows_local: np.ndarray, queries: QuerySet, s: int, block: int = 81
     sizes, firsts = np.unique(lens[by_len], return_index=True)
     bounds = np.append(firsts, by_len.size)
     emb = queries.embeddings
-    for size, lo, hi in zip(sizes.tolist(), bounds[:-1].tolist(), bounds[1:].tolist()):
+    for size, lo, hi in zip(sizes.tolist(), bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
         runs = by_len[lo:hi]
         step = max(1, block // size)
         for start in range(0, runs.size, step):
@@ -452,7 +452,7 @@ class _Nudge:
     refit: bool = False
     val_fraction: float = 0.2
     seed: int = 0
-    chunk_size: int = 16384
+    chunk_size: int = 4096
 
     method: ClassVar[str] = ""
     _gamma_limit: ClassVar[float] = float("inf")
@@ -496,15 +496,27 @@ class _Nudge:
         """The (train, validation) split :meth:`fit` makes when ``val`` is not given."""
         return validation_split(train, self.val_fraction, seed=self.seed)
 
-    def fit(self, embeddings: Any, train: QuerySet, val: QuerySet | None = None) -> NudgeResult:
+    def fit(
+        self,
+        embeddings: Any,
+        train: QuerySet,
+        val: QuerySet | None = None,
+        *,
+        out: np.ndarray | None = None,
+    ) -> NudgeResult:
         """Fine-tune ``embeddings`` (N, d) on ``train``; choose γ on ``val``.
 
         Args:
             embeddings: Record vectors ``(N, d)``. They are normalised first; the input is not
-                modified.
+                modified (unless it is passed as ``out``).
             train: Training queries and their answer rows.
             val: Validation queries. If ``None`` and γ is not fixed, a seeded split of ``train``
                 provides them (see :func:`~nudge_rag.core.split.validation_split`).
+            out: Optional float32 ``(N, d)`` array that receives the result (and becomes
+                ``result.embeddings``). Pass the input matrix itself to fine-tune in place
+                without a second N × d matrix: at N = 1M, d = 384 that saves 1.5 GB and the
+                time to fault in fresh memory. Every input row is checked (finite, non-zero)
+                before anything is written.
 
         Returns:
             A :class:`NudgeResult` whose ``embeddings`` is the full fine-tuned matrix.
@@ -514,15 +526,29 @@ class _Nudge:
         if n == 0:
             msg = "embeddings has no rows: there are no records to fine-tune"
             raise ShapeError(msg)
+        if out is not None:
+            if not isinstance(out, np.ndarray) or out.dtype != np.float32 or out.shape != (n, dim):
+                got = (getattr(out, "dtype", type(out).__name__), getattr(out, "shape", None))
+                msg = f"out must be a float32 array of shape {(n, dim)}; received {got}"
+                raise ShapeError(msg)
+            if not out.flags.writeable:
+                msg = "out is read-only"
+                raise ShapeError(msg)
         train, val = self._prepare(train, val, n, dim)
         fitted = self._fitted_rows(train, val)
-        out = np.empty_like(x)
+        # Norms first, so that bad rows are refused before anything is written to ``out``.
+        norms = np.empty(n, dtype=np.float32)
+        for start in range(0, n, self.chunk_size):
+            stop = min(start + self.chunk_size, n)
+            norms[start:stop] = row_norms(x[start:stop], first_row=start)
+        if out is None:
+            out = np.empty_like(x)
         acc = None
         if self._selects(train) and val is not None and len(val):
             acc = UnmovedTopK(val.embeddings, fitted, self.unmoved_k, normalize=False)
         for start in range(0, n, self.chunk_size):
             stop = min(start + self.chunk_size, n)
-            page = normalize_rows(x[start:stop], first_row=start, out=out[start:stop])
+            page = np.divide(x[start:stop], norms[start:stop, None], out=out[start:stop])
             if acc is not None:
                 acc.update(page, first_row=start)
         unmoved = acc.result() if acc is not None else None

@@ -11,7 +11,7 @@ import pytest
 from conftest import clustered_problem
 
 from nudge_rag import NudgeM, NudgeN, QuerySet, UnmovedTopK, validation_split
-from nudge_rag.errors import ConfigError, ShapeError
+from nudge_rag.errors import ConfigError, NonFiniteError, ShapeError
 
 SEEDS = [0, 1, 2, 3, 4]
 
@@ -236,6 +236,48 @@ def test_deterministic_and_input_untouched():
     assert a.gamma == b.gamma
     np.testing.assert_array_equal(a.embeddings, b.embeddings)
     np.testing.assert_array_equal(docs, before)
+
+
+@pytest.mark.parametrize("cls", [NudgeN, NudgeM])
+def test_out_in_place_matches_the_copy(cls):
+    docs, qt, ta, qv, va = problem(4)
+    docs = (docs * 3.0).astype(np.float32)  # not unit: in place must normalise too
+    tr, v = QuerySet(qt, ta), QuerySet(qv, va)
+    copy = cls(chunk_size=16).fit(docs, tr, v)
+    target = docs.copy()
+    inplace = cls(chunk_size=16).fit(target, tr, v, out=target)
+    assert inplace.embeddings is target
+    assert inplace.gamma == copy.gamma and copy.gamma > 0
+    np.testing.assert_array_equal(target, copy.embeddings)
+    other = np.full_like(docs, 7.0)
+    cls(chunk_size=16).fit(docs, tr, v, out=other)
+    np.testing.assert_array_equal(other, copy.embeddings)
+    np.testing.assert_array_equal(docs, (problem(4)[0] * 3.0).astype(np.float32))
+
+
+@pytest.mark.parametrize(
+    ("out", "match"),
+    [
+        (lambda d: d.astype(np.float64), "float32 array of shape"),
+        (lambda d: d[:-1].copy(), "float32 array of shape"),
+        (lambda d: d.tolist(), "float32 array of shape"),
+        (lambda d: np.lib.stride_tricks.as_strided(d, writeable=False), "read-only"),
+    ],
+)
+def test_bad_out_is_refused(out, match):
+    docs, qt, ta, _, _ = problem(0)
+    with pytest.raises(ShapeError, match=match):
+        NudgeN(gamma=0.1).fit(docs, QuerySet(qt, ta), out=out(docs.copy()))
+
+
+def test_bad_row_is_refused_before_out_is_written():
+    docs, qt, ta, _, _ = problem(0)
+    docs = (docs * 2.0).astype(np.float32)
+    docs[-1] = np.nan
+    before = docs.copy()
+    with pytest.raises(NonFiniteError, match=f"row {len(docs) - 1}"):
+        NudgeN(gamma=0.1, chunk_size=8).fit(docs, QuerySet(qt, ta), out=docs)
+    np.testing.assert_array_equal(docs[:-1], before[:-1])
 
 
 def test_float64_input_gives_float32_output():

@@ -65,8 +65,20 @@ def test_subset_and_concat():
         (Q, [[0], {1: float("nan")}, [1]], {}, AnswerError, "must be finite"),
         (Q, [[0], 7, [1]], {}, AnswerError, "list of record rows"),
         (Q, "abc", {}, AnswerError, "one entry per query"),
-        (Q, [[0], [1], [9]], {"n_records": 5}, AnswerError, "query 2 names record row 9, but there are only 5"),
-        (Q, [[0], [1], [2]], {"dim": 8}, DimensionMismatchError, "width 4 but record vectors have width 8"),
+        (
+            Q,
+            [[0], [1], [9]],
+            {"n_records": 5},
+            AnswerError,
+            "query 2 names record row 9, but there are only 5",
+        ),
+        (
+            Q,
+            [[0], [1], [2]],
+            {"dim": 8},
+            DimensionMismatchError,
+            "width 4 but record vectors have width 8",
+        ),
     ],
 )
 def test_bad_input_raises_typed_error(emb, answers, kw, error, match):
