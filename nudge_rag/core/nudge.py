@@ -365,8 +365,19 @@ def _coarse_to_fine(
     scores = np.concatenate([coarse, ev.scores(fine[refine_idx])])
     order = np.argsort(idx)
     idx, scores = idx[order], scores[order]
-    best = int(np.argmax(scores))  # first maximum: the smallest γ among ties
-    return float(fine[idx[best]]), fine[idx], scores
+    return float(fine[idx[_prefer_coarse(idx, scores, coarse_idx)]]), fine[idx], scores
+
+
+def _prefer_coarse(idx: np.ndarray, scores: np.ndarray, coarse_idx: np.ndarray) -> int:
+    """Position of the best score; ties go to the smallest coarse point, then the smallest γ.
+
+    A fine point wins only when it scores strictly better than every coarse point. On a plateau
+    of equal validation scores the smallest fine γ sits right on the plateau's edge, the least
+    robust choice; the coarse grid (the paper's) keeps a margin of up to one fine step per tie.
+    """
+    tied = scores >= scores.max() - 1e-12
+    on_coarse = tied & np.isin(idx, coarse_idx)
+    return int(np.argmax(on_coarse)) if on_coarse.any() else int(np.argmax(tied))
 
 
 def _subset(v: _Validation, qs: np.ndarray) -> _Validation:
