@@ -266,21 +266,39 @@ def _gamma_blocks(gammas: np.ndarray, per_gamma: int, budget: int = 2_000_000) -
     return [gammas[i : i + size] for i in range(0, gammas.size, size)]
 
 
-def _upper_bound(method: str, v: _Validation, gamma_max: float) -> np.ndarray:
-    """The best score each S record can reach for a query over γ in [0, gamma_max]."""
+def _bounds(
+    method: str, v: _Validation, gamma_max: float, qs: slice
+) -> tuple[np.ndarray, np.ndarray]:
+    """The best and worst score each S record can take for queries ``qs`` over γ in [0, gamma_max].
+
+    Records that never move score ``a`` at every γ (both bounds).
+    """
+    a, c = v.a[qs], v.c[qs]
     if method == "nudge-m":
-        return np.where(v.moves, v.a + gamma_max * np.maximum(v.c, 0.0), v.a)
+        ub = np.where(v.moves, a + gamma_max * np.maximum(c, 0.0), a)
+        lb = np.where(v.moves, a + gamma_max * np.minimum(c, 0.0), a)
+        return ub, lb
     assert v.b is not None and v.cap is not None
+    b = v.b[qs]
     g = min(gamma_max, 4.0)
     alpha, beta = 1.0 - g / 2.0, np.sqrt(g * (4.0 - g)) / 2.0
-    # Uncapped, the score is r·cos(θ - φ) for θ in [0, θmax] (cos θmax = alpha): r when the
-    # direction (a, b) lies between angle 0 and θmax (b >= 0 and b·alpha <= a·beta), else the
-    # better end.
-    a, b = v.a, v.b
-    inside = (b >= 0) & (b * alpha <= a * beta)
-    ub = np.where(inside, np.sqrt(a * a + b * b), np.maximum(a, alpha * a + beta * b))
-    ub = np.where(v.cap >= alpha, np.maximum(ub, v.c), ub)
-    return np.where(v.moves, ub, v.a)
+    # A moving record follows the great circle from d towards Ĝ: at angle θ its score is
+    # a·cos θ + b·sin θ = r·cos(θ - φ), for θ from 0 up to θmax (cos θmax = alpha), or up to Ĝ
+    # itself (score c) when it gets there first (capped: d·Ĝ >= alpha).
+    capped = v.cap >= alpha
+    end = np.where(capped, c, alpha * a + beta * b)
+    r = np.sqrt(a * a + b * b)
+    # Uncapped: the peak r is reached inside when the direction (a, b) lies between angle 0 and
+    # θmax (b >= 0 and b·alpha <= a·beta). Capped, the arc is shorter: the end value bounds it
+    # unless the peak comes first, which the same test (against θmax) over-covers safely.
+    peak_inside = (b >= 0) & (b * alpha <= a * beta)
+    ub = np.maximum(np.maximum(a, end), np.where(peak_inside, r, -np.inf))
+    # The trough (-r) is inside when the score falls at θ = 0 (b < 0) and rises at θmax; an arc
+    # shorter than π holds at most one turning point, so otherwise the lower end is the minimum.
+    # For capped records the test against θmax again over-covers (-r is a valid lower bound).
+    trough_inside = (b < 0) & (b * alpha > a * beta)
+    lb = np.where(trough_inside, -r, np.minimum(a, end))
+    return np.where(v.moves, ub, a), np.where(v.moves, lb, a)
 
 
 def _kth(s: np.ndarray, k: int) -> np.ndarray:
@@ -318,11 +336,26 @@ class _GridEvaluator:
             for blk in _gamma_blocks(gammas_all, rc.a.size):
                 kth = _kth(_score_candidates(method, rc, blk), k).min(axis=0)
                 lowest[qs] = np.minimum(lowest[qs], kth)
-        ub = _upper_bound(method, v, float(gammas_all.max()) if gammas_all.size else 0.0)
-        keep = ~relmask & v.moves & (ub > v.const[:, -1:]) & (ub >= lowest[:, None])
+        gmax = float(gammas_all.max()) if gammas_all.size else 0.0
+        keep = np.zeros_like(relmask)
+        rel_keep = np.zeros_like(relmask)
+        # Query blocks keep the temporaries small (cache-resident, and reused by the allocator).
+        step = max(1, 262_144 // max(relmask.shape[1], 1))
+        for start in range(0, self.nv, step):
+            qs = slice(start, start + step)
+            ub, lb = _bounds(method, v, gmax, qs)
+            rel, moves = relmask[qs], v.moves[None, :]
+            # The k-th best score that is guaranteed at every γ: from the records' lower bounds
+            # (records that never move and answer nothing are in the constants already) and the
+            # constants. A record whose best stays below it never enters the top k.
+            sure = np.where(rel | moves, lb, -np.inf)
+            floor_k = _kth(np.concatenate([sure, v.const[qs]], axis=1), k)[:, None]
+            can_enter = (ub >= floor_k) & (ub > v.const[qs, -1:])
+            keep[qs] = ~rel & moves & can_enter & (ub >= lowest[qs, None])
+            rel_keep[qs] = rel & (ub >= floor_k)
         self.groups = []
-        for qs in _buckets(np.maximum(relmask.sum(axis=1), keep.sum(axis=1))):
-            rc, nc = _gather(v, relmask[qs], method, qs), _gather(v, keep[qs], method, qs)
+        for qs in _buckets(np.maximum(rel_keep.sum(axis=1), keep.sum(axis=1))):
+            rc, nc = _gather(v, rel_keep[qs], method, qs), _gather(v, keep[qs], method, qs)
             self.groups.append((_subset(v, qs), rc, nc))
 
     def scores(self, gammas: np.ndarray) -> np.ndarray:
