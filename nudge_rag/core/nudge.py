@@ -109,6 +109,7 @@ class _Moves:
     u: np.ndarray | None  # NUDGE-N: unit component of G orthogonal to d
     cap: np.ndarray | None  # NUDGE-N: d·Ĝ; the record jumps to Ĝ once 1 - γ/2 <= cap
     perp: np.ndarray | None = None  # NUDGE-N: ||Ĝ - cap·d|| (so that q·u = (q·Ĝ - cap q·d) / perp)
+    gnorm: np.ndarray | None = None  # ||G||
 
 
 def _gradient(rows_local: np.ndarray, queries: QuerySet, s: int, block: int = 8192) -> np.ndarray:
@@ -428,8 +429,10 @@ def _subset(v: _Validation, qs: np.ndarray) -> _Validation:
     )
 
 
-def _m_intervals(v: _Validation, chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
+def _m_intervals(v: _Validation, chunk: int = 256) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """NUDGE-M: for every (validation query, answer x), the γ >= 0 where x ranks first.
+
+    Returns ``(lo, hi, query)`` for the non-empty intervals.
 
     Scores are linear in γ, s_i(γ) = a_i + γ c_i, so "x first" is an intersection of half-lines.
     Competitors are every other record, the query's other answers included (as in the paper).
@@ -438,6 +441,7 @@ def _m_intervals(v: _Validation, chunk: int = 256) -> tuple[np.ndarray, np.ndarr
     c_eff = v.c * v.moves
     los: list[np.ndarray] = []
     his: list[np.ndarray] = []
+    who: list[np.ndarray] = []
     for start in range(0, qi.size, chunk):
         q = qi[start : start + chunk]
         x = xi[start : start + chunk]
@@ -457,9 +461,10 @@ def _m_intervals(v: _Validation, chunk: int = 256) -> tuple[np.ndarray, np.ndarr
         ok = ~blocked & (hi >= lo)
         los.append(lo[ok])
         his.append(hi[ok])
+        who.append(q[ok])
     if not los:
-        return np.zeros(0), np.zeros(0)
-    return np.concatenate(los), np.concatenate(his)
+        return np.zeros(0), np.zeros(0), np.zeros(0, dtype=np.int64)
+    return np.concatenate(los), np.concatenate(his), np.concatenate(who)
 
 
 def _most_covered_point(lo: np.ndarray, hi: np.ndarray) -> float:
@@ -695,9 +700,9 @@ class _Nudge:
         return np.unique(np.concatenate(parts)).astype(np.int64)
 
     def _moves(self, d: np.ndarray, g: np.ndarray) -> _Moves:
-        gnorm = np.linalg.norm(g, axis=1)
+        gnorm = np.sqrt(np.einsum("ij,ij->i", g, g))
         ghat = np.divide(g, gnorm[:, None], out=np.zeros_like(g), where=gnorm[:, None] > 0)
-        return _Moves(d=d, moves=gnorm > 0, ghat=ghat, u=None, cap=None)
+        return _Moves(d=d, moves=gnorm > 0, ghat=ghat, u=None, cap=None, gnorm=gnorm)
 
     def _fit_core(
         self,
@@ -839,15 +844,17 @@ class NudgeN(_Nudge):
 
     def _moves(self, d: np.ndarray, g: np.ndarray) -> _Moves:
         base = super()._moves(d, g)
+        gnorm = base.gnorm
+        assert gnorm is not None
         gd = np.einsum("ij,ij->i", g, d)
         perp = g - gd[:, None] * d
-        pnorm = np.linalg.norm(perp, axis=1)
-        gnorm = np.linalg.norm(g, axis=1)
+        pnorm = np.sqrt(np.einsum("ij,ij->i", perp, perp))
         moves = base.moves & (pnorm > 1e-9 * np.maximum(gnorm, 1e-300))
         if self.skip_opposed:
             moves &= gd >= 0
-        u = np.divide(perp, pnorm[:, None], out=np.zeros_like(perp), where=moves[:, None])
-        cap = np.einsum("ij,ij->i", base.ghat, d)
+        u = np.divide(perp, pnorm[:, None], out=perp, where=moves[:, None])
+        u[~moves] = 0.0
+        cap = np.divide(gd, gnorm, out=np.zeros_like(gd), where=gnorm > 0)  # d·Ĝ
         perp_hat = np.divide(pnorm, gnorm, out=np.zeros_like(pnorm), where=gnorm > 0)
         return _Moves(d=d, moves=moves, ghat=base.ghat, u=u, cap=cap, perp=perp_hat)
 
@@ -891,10 +898,17 @@ class NudgeM(_Nudge):
             gammas = np.unique(np.asarray(self.gammas, dtype=np.float64))
             gamma, scores = _grid_search(self.method, obj, v, gammas)
             return gamma, ValidationCurve(gammas, scores, obj, len(val))
-        lo, hi = _m_intervals(v)
+        lo, hi, who = _m_intervals(v)
         if obj == "top1":
+            # The curve needs no scoring: a query is right at γ when one of its answers' "ranks
+            # first" intervals covers γ; the curve's points lie strictly between interval ends.
+            # Count queries, not intervals: duplicate answers cover the same γ. Like γ selection,
+            # this counts an answer that ties a duplicate non-answer at every γ as first.
             gammas = _m_curve_gammas(lo, hi, n=32)
-            _, scores = _grid_search(self.method, obj, v, gammas)
+            inside = (lo[:, None] <= gammas[None, :]) & (gammas[None, :] <= hi[:, None])
+            hit = np.zeros((len(val), gammas.size), dtype=bool)
+            np.logical_or.at(hit, who, inside)
+            scores = hit.sum(axis=0) / max(len(val), 1)
             return _most_covered_point(lo, hi), ValidationCurve(gammas, scores, obj, len(val))
         # NDCG changes wherever any two scores cross; search between the interval ends.
         gammas = _m_curve_gammas(lo, hi, n=160)

@@ -459,6 +459,17 @@ def test_matches_reference_package(seed):
 
 
 @pytest.mark.parametrize("seed", SEEDS)
+def test_nudge_m_top1_curve_from_intervals_matches_scoring(seed):
+    docs, qt, ta, qv, va = problem(seed)
+    tr, v = QuerySet(qt, ta), QuerySet(qv, va)
+    fast = NudgeM().fit(docs, tr, v)
+    scored = NudgeM(gammas=fast.curve.gammas).fit(docs, tr, v)
+    np.testing.assert_array_equal(fast.curve.gammas, scored.curve.gammas)
+    np.testing.assert_allclose(fast.curve.scores, scored.curve.scores, atol=1e-12)
+    assert fast.curve.scores.max() > fast.curve.scores[0]
+
+
+@pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("objective", ["top1", "ndcg@10"])
 def test_default_coarse_to_fine_search_finds_the_fine_grid_optimum(seed, objective):
     docs, qt, ta, qv, va = problem(seed)
