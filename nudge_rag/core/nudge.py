@@ -429,29 +429,64 @@ def _subset(v: _Validation, qs: np.ndarray) -> _Validation:
     )
 
 
-def _m_intervals(v: _Validation, chunk: int = 256) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _m_envelope_lines(v: _Validation) -> tuple[np.ndarray, np.ndarray]:
+    """Per validation query, the lines that can lead its ranking at some γ >= 0.
+
+    Scores are lines s_i(γ) = a_i + γ c_i (records, and the best constant with c = 0). A line
+    that another beats in both intercept and slope is never strictly ahead of it for γ >= 0, so
+    only the Pareto front in (a, c) can rank first; a record "first" against the front is first
+    against all. Returns ``(a, c)`` of shape ``(nv, w)``, padded with a = -inf, c = 0.
+    """
+    nv = v.a.shape[0]
+    c_eff = np.where(v.moves[None, :], v.c, 0.0)
+    a_all = np.concatenate([v.a, v.const[:, :1].astype(v.a.dtype)], axis=1)
+    c_all = np.concatenate([c_eff, np.zeros((nv, 1), dtype=c_eff.dtype)], axis=1)
+    r = np.arange(nv)
+    # The front lies in the box between the best-intercept line and the steepest line.
+    ia, ic = a_all.argmax(axis=1), c_all.argmax(axis=1)
+    box = (a_all >= a_all[r, ic][:, None]) & (c_all >= c_all[r, ia][:, None])
+    qi, si = np.nonzero(box)
+    a_b, c_b = a_all[qi, si].astype(np.float64), c_all[qi, si].astype(np.float64)
+    order = np.lexsort((-c_b, -a_b, qi))  # per query: intercept down, then slope down
+    qi, a_b, c_b = qi[order], a_b[order], c_b[order]
+    # Running best slope per query (|c| <= ||q|| keeps queries apart); keep a line unless an
+    # earlier one (intercept >= its own) is steeper. A small tolerance keeps near-ties: a
+    # superset of the front gives the same intervals.
+    span = 2.0 * float(np.abs(c_b).max(initial=0.0)) + 1.0
+    key = c_b + span * qi
+    prev = np.concatenate([[-np.inf], np.maximum.accumulate(key)[:-1]])
+    keep = key >= prev - 1e-9 * span
+    qi, a_b, c_b = qi[keep], a_b[keep], c_b[keep]
+    counts = np.bincount(qi, minlength=nv)
+    width = max(int(counts.max(initial=0)), 1)
+    pos = np.arange(qi.size) - np.repeat(np.cumsum(counts) - counts, counts)
+    la = np.full((nv, width), -np.inf)
+    lc = np.zeros((nv, width))
+    la[qi, pos], lc[qi, pos] = a_b, c_b
+    return la, lc
+
+
+def _m_intervals(v: _Validation, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """NUDGE-M: for every (validation query, answer x), the γ >= 0 where x ranks first.
 
     Returns ``(lo, hi, query)`` for the non-empty intervals.
 
     Scores are linear in γ, s_i(γ) = a_i + γ c_i, so "x first" is an intersection of half-lines.
-    Competitors are every other record, the query's other answers included (as in the paper).
+    Competitors are every other record, the query's other answers included (as in the paper),
+    and the best constant; only those on the upper envelope's candidate front can bind.
     """
     qi, xi = np.nonzero(v.rel_gain > 0)
-    c_eff = v.c * v.moves
+    la, lc = _m_envelope_lines(v)
+    ax = v.a[qi, xi].astype(np.float64)
+    cx = np.where(v.moves[xi], v.c[qi, xi], 0.0).astype(np.float64)
     los: list[np.ndarray] = []
     his: list[np.ndarray] = []
     who: list[np.ndarray] = []
-    for start in range(0, qi.size, chunk):
-        q = qi[start : start + chunk]
-        x = xi[start : start + chunk]
-        a = v.a[q]
-        c = c_eff[q]
-        sd = a - a[np.arange(q.size), x][:, None]
-        gd = c - c[np.arange(q.size), x][:, None]
-        # the best constant competitor (c = 0)
-        sd = np.concatenate([sd, (v.const[q, 0] - v.a[q, x])[:, None]], axis=1)
-        gd = np.concatenate([gd, (-c_eff[q, x])[:, None]], axis=1)
+    step = max(1, chunk * 64 // la.shape[1])
+    for start in range(0, qi.size, step):
+        q = qi[start : start + step]
+        sd = la[q] - ax[start : start + step, None]
+        gd = lc[q] - cx[start : start + step, None]
         with np.errstate(divide="ignore", invalid="ignore"):
             ratio = -sd / gd
         lo = np.max(np.where(gd < 0, ratio, -np.inf), axis=1)

@@ -155,6 +155,17 @@ def test_nudge_m_exact_gamma_matches_naive_sweep(seed):
     assert res.gamma == pytest.approx(naive_m_gamma(docs, qt, ta, qv, va), abs=1e-6)
 
 
+@pytest.mark.parametrize("seed", SEEDS)
+def test_nudge_m_exact_gamma_matches_naive_sweep_with_duplicate_records(seed):
+    # Duplicates tie at every γ: the envelope pruning must keep the same intervals.
+    docs, qt, ta, qv, va = problem(seed, n_docs=120, n_queries=160)
+    rows = sorted({r for a in ta for r in a})[:30]
+    docs = np.concatenate([docs, docs[rows], docs[:10]])
+    res = NudgeM().fit(docs, QuerySet(qt, ta), QuerySet(qv, va))
+    assert res.gamma == pytest.approx(naive_m_gamma(docs, qt, ta, qv, va), abs=1e-6)
+    assert res.gamma > 0
+
+
 @pytest.mark.parametrize("seed", SEEDS[:3])
 def test_nudge_m_ndcg_curve_matches_naive(seed):
     docs, qt, ta, qv, va = problem(seed)
