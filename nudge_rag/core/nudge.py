@@ -144,18 +144,24 @@ def _gradient(rows_local: np.ndarray, queries: QuerySet, s: int, block: int = 81
 
 
 def _new_vectors(method: str, mv: _Moves, gamma: float) -> np.ndarray:
-    """Moved vectors (float64) of every record flagged in ``mv.moves`` at ``gamma``."""
+    """Moved vectors (float32) of every record flagged in ``mv.moves`` at ``gamma``."""
     idx = np.flatnonzero(mv.moves)
-    d = mv.d[idx]
     if method == "nudge-m":
-        return d + gamma * mv.ghat[idx]
+        out = mv.ghat[idx]
+        out *= gamma
+        out += mv.d[idx]
+        return out.astype(np.float32)
     assert mv.u is not None and mv.cap is not None
     alpha = 1.0 - gamma / 2.0
     beta = np.sqrt(max(gamma * (4.0 - gamma), 0.0)) / 2.0
-    out = alpha * d + beta * mv.u[idx]
-    capped = mv.cap[idx] >= alpha
-    out[capped] = mv.ghat[idx][capped]
-    return out
+    out = mv.u[idx]
+    out *= beta
+    out += alpha * mv.d[idx]
+    capped = idx[mv.cap[idx] >= alpha]
+    result = out.astype(np.float32)
+    if capped.size:
+        result[np.searchsorted(idx, capped)] = mv.ghat[capped]
+    return result
 
 
 # ---------------------------------------------------------------------------------------------
@@ -767,7 +773,7 @@ class _Nudge:
             n_train = len(both)
         if gamma > 0 and mv.moves.any():
             moved_local = np.flatnonzero(mv.moves)
-            new = _new_vectors(self.method, mv, gamma).astype(np.float32)
+            new = _new_vectors(self.method, mv, gamma)
         else:
             moved_local = np.zeros(0, dtype=np.int64)
             new = np.zeros((0, d.shape[1]), dtype=np.float32)

@@ -93,10 +93,16 @@ class QuerySet:
             msg = f"query {int(zero[0])} is an all-zero vector ({zero.size} such queries in all)"
             raise ZeroVectorError(msg)
 
-        indptr = np.zeros(len(answers) + 1, dtype=np.int64)
+        counts = np.zeros(len(answers), dtype=np.int64)
         rows: list[int] = []
         gains: list[float] = []
         for i, ans in enumerate(answers):
+            plain = _plain_rows(ans)
+            if plain is not None:
+                rows.extend(plain)
+                gains.extend([1.0] * len(plain))
+                counts[i] = len(plain)
+                continue
             pairs = _answer_pairs(i, ans)
             if not pairs:
                 msg = f"query {i} has no answer: every query needs at least one relevant record"
@@ -104,9 +110,9 @@ class QuerySet:
             for r, g in pairs:
                 rows.append(r)
                 gains.append(g)
-            indptr[i + 1] = len(rows)
+            counts[i] = len(pairs)
         self._embeddings = emb
-        self.indptr = indptr
+        self.indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         self.rows = np.asarray(rows, dtype=np.int64)
         self.gains = np.asarray(gains, dtype=np.float64)
         self._embeddings.setflags(write=False)
@@ -195,6 +201,20 @@ class QuerySet:
         out.rows = np.concatenate([a.rows, b.rows])
         out.gains = np.concatenate([a.gains, b.gains])
         return out
+
+
+def _plain_rows(ans: Any) -> list[int] | None:
+    """The common case fast: a non-empty list/tuple/array of non-negative integer rows, as unique
+    rows in first-appearance order. ``None`` sends anything else to the checked path."""
+    if isinstance(ans, np.ndarray):
+        if ans.ndim != 1 or ans.dtype.kind not in "iu":
+            return None
+        ans = ans.tolist()
+    elif type(ans) not in (list, tuple):
+        return None
+    if not ans or not all(type(r) is int for r in ans) or min(ans) < 0:
+        return None
+    return list(dict.fromkeys(ans)) if len(ans) > 1 else list(ans)
 
 
 def _answer_pairs(i: int, ans: Any) -> list[tuple[int, float]]:
