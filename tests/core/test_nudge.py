@@ -496,3 +496,22 @@ def test_default_coarse_to_fine_search_finds_the_fine_grid_optimum(seed, objecti
     expected = grid[tied & coarse][0] if (tied & coarse).any() else grid[tied][0]
     assert fast.gamma == expected
     assert fast.curve.gammas.size < full.curve.gammas.size / 3
+
+
+@pytest.mark.parametrize("seed", SEEDS[:3])
+@pytest.mark.parametrize("cls", [NudgeN, NudgeM])
+@pytest.mark.parametrize("objective", ["top1", "ndcg@10"])
+def test_range_split_candidates_give_the_same_curve(monkeypatch, seed, cls, objective):
+    # Bounds over narrower γ ranges prune more candidates; the curve must not change.
+    import nudge_rag.core.nudge as core
+
+    docs, qt, ta, qv, va = problem(seed)
+    tr, v = QuerySet(qt, ta), QuerySet(qv, va)
+    grid = np.linspace(0.0, 1.5, 61)
+    curves = []
+    for ranges in (1, 7):
+        monkeypatch.setattr(core, "_ranges", lambda method, gammas, r=ranges: r)
+        curves.append(cls(objective=objective, gammas=grid).fit(docs, tr, v).curve)
+    np.testing.assert_array_equal(curves[0].gammas, curves[1].gammas)
+    np.testing.assert_allclose(curves[0].scores, curves[1].scores, atol=1e-12)
+    assert np.ptp(curves[0].scores) > 0
