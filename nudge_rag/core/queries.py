@@ -83,12 +83,11 @@ class QuerySet:
                 "there must be exactly one entry per query"
             )
             raise ShapeError(msg)
-        norms = np.linalg.norm(emb.astype(np.float64), axis=1) if len(emb) else np.zeros(0)
-        bad = np.flatnonzero(~np.isfinite(norms))
+        bad = np.flatnonzero(~np.isfinite(emb).all(axis=1))
         if bad.size:
             msg = f"query {int(bad[0])} has a NaN or inf value ({bad.size} such queries in all)"
             raise NonFiniteError(msg)
-        zero = np.flatnonzero(norms == 0.0)
+        zero = np.flatnonzero(~emb.any(axis=1))
         if zero.size:
             msg = f"query {int(zero[0])} is an all-zero vector ({zero.size} such queries in all)"
             raise ZeroVectorError(msg)
