@@ -325,10 +325,9 @@ class _RangeEvaluator:
 
     Per query only the records that can enter its top k at some γ of the range are scored: a
     record is left out when its best possible score over the range stays below the k-th best
-    score guaranteed at every γ of the range (records' worst scores and the constants), and a
-    non-answer also when it stays below the k-th best answer score at every γ. Queries are
-    grouped by how many candidates they keep, and a block of γ values costs a few element-wise
-    operations per group.
+    score guaranteed at every γ of the range (records' worst scores and the constants). Queries
+    are grouped by how many candidates they keep, and a block of γ values costs a few
+    element-wise operations per group.
     """
 
     def __init__(
@@ -337,12 +336,6 @@ class _RangeEvaluator:
         self.method, self.objective, self.nv = method, objective, v.const.shape[0]
         relmask = v.rel_gain > 0
         k = v.const.shape[1]
-        lowest = np.full(relmask.shape[0], np.inf)
-        for qs in _buckets(relmask.sum(axis=1)):
-            rc = _gather(v, relmask[qs], method, qs)
-            for blk in _gamma_blocks(gammas, rc.a.size):
-                kth = _kth(_score_candidates(method, rc, blk), k).min(axis=0)
-                lowest[qs] = np.minimum(lowest[qs], kth)
         g_lo, g_hi = (float(gammas.min()), float(gammas.max())) if gammas.size else (0.0, 0.0)
         keep = np.zeros_like(relmask)
         rel_keep = np.zeros_like(relmask)
@@ -358,7 +351,7 @@ class _RangeEvaluator:
             sure = np.where(rel | moves, lb, -np.inf)
             floor_k = _kth(np.concatenate([sure, v.const[qs]], axis=1), k)[:, None]
             can_enter = (ub >= floor_k) & (ub > v.const[qs, -1:])
-            keep[qs] = ~rel & moves & can_enter & (ub >= lowest[qs, None])
+            keep[qs] = ~rel & moves & can_enter
             rel_keep[qs] = rel & (ub >= floor_k)
         self.groups = []
         for qs in _buckets(np.maximum(rel_keep.sum(axis=1), keep.sum(axis=1))):
