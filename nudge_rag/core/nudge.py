@@ -410,6 +410,10 @@ class _GridEvaluator:
         return out / max(self.nv, 1)
 
 
+# Rows whose norm is within this of 1 count as unit vectors and are not divided (fit()).
+_UNIT_TOL = 1e-6
+
+
 def _ranges(method: str, gammas: np.ndarray) -> int:
     """How many γ ranges to prepare candidates for. NUDGE-N's grid is narrow (0 to 0.5): one
     range prunes well. NUDGE-M's candidate γ values follow the interval ends, which spread far
@@ -639,8 +643,9 @@ class _Nudge:
         """Fine-tune ``embeddings`` (N, d) on ``train``; choose γ on ``val``.
 
         Args:
-            embeddings: Record vectors ``(N, d)``. They are normalised first; the input is not
-                modified (unless it is passed as ``out``).
+            embeddings: Record vectors ``(N, d)``. They are normalised first (rows already
+                within 1e-6 of unit length are taken as they are); the input is not modified
+                (unless it is passed as ``out``).
             train: Training queries and their answer rows.
             val: Validation queries. If ``None`` and γ is not fixed, a seeded split of ``train``
                 provides them (see :func:`~nudge_rag.core.split.validation_split`).
@@ -675,12 +680,21 @@ class _Nudge:
             norms[start:stop] = row_norms(x[start:stop], first_row=start)
         if out is None:
             out = np.empty_like(x)
+        in_place = out is x or (out.ctypes.data == x.ctypes.data and out.strides == x.strides)
         acc = None
         if self._selects(train) and val is not None and len(val):
             acc = UnmovedTopK(val.embeddings, fitted, self.unmoved_k, normalize=False)
         for start in range(0, n, self.chunk_size):
             stop = min(start + self.chunk_size, n)
-            page = np.divide(x[start:stop], norms[start:stop, None], out=out[start:stop])
+            nrm = norms[start:stop]
+            if np.all(np.abs(nrm - 1.0) <= _UNIT_TOL):
+                # Already unit length (most embedding models normalise): used as is. Dividing
+                # would change them by under 1e-6, below a float32 dot product's own rounding.
+                page = out[start:stop]
+                if not in_place:
+                    page[...] = x[start:stop]
+            else:
+                page = np.divide(x[start:stop], nrm[:, None], out=out[start:stop])
             if acc is not None:
                 acc.update(page, first_row=start)
         unmoved = acc.result() if acc is not None else None

@@ -515,3 +515,20 @@ def test_range_split_candidates_give_the_same_curve(monkeypatch, seed, cls, obje
     np.testing.assert_array_equal(curves[0].gammas, curves[1].gammas)
     np.testing.assert_allclose(curves[0].scores, curves[1].scores, atol=1e-12)
     assert np.ptp(curves[0].scores) > 0
+
+
+@pytest.mark.parametrize("in_place", [False, True])
+def test_unit_input_rows_that_do_not_move_come_back_bit_identical(in_place):
+    docs, qt, ta, qv, va = problem(2)
+    unit = (docs / np.linalg.norm(docs, axis=1, keepdims=True)).astype(np.float32)
+    before = unit.copy()
+    target = unit if in_place else None
+    res = NudgeN(chunk_size=16).fit(unit, QuerySet(qt, ta), QuerySet(qv, va), out=target)
+    still = np.setdiff1d(np.arange(len(unit)), res.moved)
+    assert res.moved.size and still.size
+    np.testing.assert_array_equal(res.embeddings[still], before[still])
+    np.testing.assert_allclose(np.linalg.norm(res.embeddings[res.moved], axis=1), 1.0, atol=1e-6)
+    # Same γ and moves as from the un-normalised input.
+    ref = NudgeN(chunk_size=16).fit(docs, QuerySet(qt, ta), QuerySet(qv, va))
+    assert res.gamma == ref.gamma
+    np.testing.assert_allclose(res.embeddings, ref.embeddings, atol=1e-6)
