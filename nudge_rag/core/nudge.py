@@ -112,7 +112,7 @@ class _Moves:
     gnorm: np.ndarray | None = None  # ||G||
 
 
-def _gradient(rows_local: np.ndarray, queries: QuerySet, s: int, block: int = 8192) -> np.ndarray:
+def _gradient(rows_local: np.ndarray, queries: QuerySet, s: int, block: int = 1024) -> np.ndarray:
     """G_i = sum of the training queries that point to record i (local rows), float64.
 
     The (query, record) pairs are sorted by record; records with the same number L of queries
@@ -231,8 +231,11 @@ def _score_candidates(method: str, cd: _Cands, gammas: np.ndarray) -> np.ndarray
         return cd.a[None] + g * cd.c[None]
     alpha = 1.0 - g / 2.0
     beta = np.sqrt(np.maximum(g * (4.0 - g), 0.0)) / 2.0
-    out = alpha * cd.a[None]
-    out += beta * cd.b[None]
+    # Padding (a = -inf, cap = +inf) takes c = -inf below; at γ = 2 (alpha = 0) its
+    # alpha·a is NaN on the way, harmlessly.
+    with np.errstate(invalid="ignore"):
+        out = alpha * cd.a[None]
+        out += beta * cd.b[None]
     return np.where(cd.cap[None] >= alpha, cd.c[None], out)
 
 
@@ -296,15 +299,35 @@ def _bounds(
     ends = []
     slopes = []
     for g in (min(g_lo, 4.0), min(g_hi, 4.0)):
+        if g == 0.0:  # θ = 0: the record itself (nothing is capped at γ = 0 unless d = Ĝ)
+            ends.append(np.where(v.cap >= 1.0, c, a))
+            slopes.append(b)
+            continue
         alpha, beta = 1.0 - g / 2.0, np.sqrt(g * (4.0 - g)) / 2.0
-        ends.append(np.where(v.cap >= alpha, c, alpha * a + beta * b))
-        slopes.append(b * alpha - a * beta)  # f'(θ): cos θ = alpha, sin θ = beta
-    r = np.sqrt(a * a + b * b)
+        end = a * alpha
+        end += beta * b
+        capped = v.cap >= alpha
+        if capped.any():
+            end = np.where(capped, c, end)
+        ends.append(end)
+        slope = b * alpha  # f'(θ) with cos θ = alpha, sin θ = beta
+        slope -= beta * a
+        slopes.append(slope)
     peak = (slopes[0] >= 0) & (slopes[1] <= 0)
     trough = (slopes[0] < 0) & (slopes[1] > 0)
-    ub = np.maximum(np.maximum(ends[0], ends[1]), np.where(peak, r, -np.inf))
-    lb = np.where(trough, -r, np.minimum(ends[0], ends[1]))
-    return np.where(v.moves, ub, a), np.where(v.moves, lb, a)
+    ub = np.maximum(ends[0], ends[1])
+    lb = np.minimum(ends[0], ends[1], out=ends[0])
+    if peak.any() or trough.any():
+        r = a * a
+        r += b * b
+        np.sqrt(r, out=r)
+        np.maximum(ub, r, out=ub, where=peak)
+        np.negative(r, out=r)
+        np.copyto(lb, r, where=trough)
+    if not v.moves.all():
+        ub = np.where(v.moves, ub, a)
+        lb = np.where(v.moves, lb, a)
+    return ub, lb
 
 
 def _kth(s: np.ndarray, k: int) -> np.ndarray:

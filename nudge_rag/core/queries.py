@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -92,6 +93,15 @@ class QuerySet:
             msg = f"query {int(zero[0])} is an all-zero vector ({zero.size} such queries in all)"
             raise ZeroVectorError(msg)
 
+        fast = _plain_answer_lists(answers)
+        if fast is not None:
+            self._embeddings = emb
+            self.indptr, self.rows = fast
+            self.gains = np.ones(self.rows.size, dtype=np.float64)
+            self._embeddings.setflags(write=False)
+            if n_records is not None or dim is not None:
+                self.check_records(n_records, dim)
+            return
         counts = np.zeros(len(answers), dtype=np.int64)
         rows: list[int] = []
         gains: list[float] = []
@@ -200,6 +210,34 @@ class QuerySet:
         out.rows = np.concatenate([a.rows, b.rows])
         out.gains = np.concatenate([a.gains, b.gains])
         return out
+
+
+def _plain_answer_lists(answers: Sequence[Any]) -> tuple[np.ndarray, np.ndarray] | None:
+    """All answers plain non-empty lists/tuples of non-negative ints: ``(indptr, rows)`` with
+    duplicates within a query dropped (first appearance kept), in vectorised passes. ``None``
+    when any entry needs the checked per-query path (which also words the errors)."""
+    if not all(type(a) in (list, tuple) and a for a in answers):
+        return None
+    flat = list(chain.from_iterable(answers))
+    if set(map(type, flat)) != {int}:
+        return None
+    rows = np.array(flat, dtype=np.int64)
+    if rows.size and rows.min() < 0:
+        return None
+    counts = np.fromiter(map(len, answers), dtype=np.int64, count=len(answers))
+    indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    query = np.repeat(np.arange(len(answers), dtype=np.int64), counts)
+    key = query * (int(rows.max(initial=0)) + 1) + rows
+    srt = np.sort(key)
+    if not np.any(srt[1:] == srt[:-1]):
+        return indptr, rows
+    # Duplicates within a query: keep each (query, row) at its first appearance.
+    _, first = np.unique(key, return_index=True)
+    keep = np.sort(first)
+    rows = rows[keep]
+    counts = np.bincount(query[keep], minlength=len(answers))
+    indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    return indptr, rows
 
 
 def _plain_rows(ans: Any) -> list[int] | None:

@@ -532,3 +532,35 @@ def test_unit_input_rows_that_do_not_move_come_back_bit_identical(in_place):
     ref = NudgeN(chunk_size=16).fit(docs, QuerySet(qt, ta), QuerySet(qv, va))
     assert res.gamma == ref.gamma
     np.testing.assert_allclose(res.embeddings, ref.embeddings, atol=1e-6)
+
+
+@pytest.mark.parametrize("seed", SEEDS[:3])
+@pytest.mark.parametrize("cls", [NudgeN, NudgeM])
+def test_candidate_bounds_hold_at_every_gamma_of_their_range(monkeypatch, seed, cls):
+    # Pruning is only exact if no record's score leaves [lb, ub] inside the range.
+    import nudge_rag.core.nudge as core
+
+    real = core._bounds
+    checked = []
+
+    def checking(method, v, g_lo, g_hi, qs):
+        ub, lb = real(method, v, g_lo, g_hi, qs)
+        a, c = v.a[qs], v.c[qs]
+        for g in np.linspace(g_lo, g_hi, 41):
+            if method == "nudge-m":
+                s = a + g * c * v.moves
+            else:
+                alpha, beta = 1.0 - g / 2.0, np.sqrt(g * (4.0 - g)) / 2.0
+                s = np.where(v.cap >= alpha, c, alpha * a + beta * v.b[qs])
+                s = np.where(v.moves, s, a)
+            assert np.all(s <= ub + 1e-9) and np.all(s >= lb - 1e-9)
+        checked.append((g_lo, g_hi))
+        return ub, lb
+
+    monkeypatch.setattr(core, "_bounds", checking)
+    docs, qt, ta, qv, va = problem(seed)
+    tr, v = QuerySet(qt, ta), QuerySet(qv, va)
+    cls(objective="ndcg@10", gammas=np.linspace(0.0, 2.0, 81)).fit(docs, tr, v)
+    monkeypatch.setattr(core, "_ranges", lambda method, gammas: 5)
+    cls(gammas=np.linspace(0.0, 3.9, 81)).fit(docs, tr, v)
+    assert len(checked) >= 6 and any(lo > 0 for lo, _ in checked)

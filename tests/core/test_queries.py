@@ -101,3 +101,18 @@ def test_errors_are_value_errors_too():
     with pytest.raises(ValueError):
         QuerySet(Q, [[0]])
     assert issubclass(ShapeError, NudgeInputError)
+
+
+@pytest.mark.parametrize(
+    "answers",
+    [
+        [[2, 1, 2], (0,), [1, 1]],  # all plain lists: the vectorised path
+        [[2, 1, 2], (0,), np.array([1, 1])],  # an array entry: the per-query path
+        [[2, 1, 2], {0: 1.0}, [1, 1]],  # a mapping entry: the checked path
+    ],
+)
+def test_duplicate_rows_are_dropped_keeping_first_appearance(answers):
+    q = QuerySet(np.eye(3, dtype=np.float32), answers)
+    assert q.rows.tolist() == [2, 1, 0, 1]
+    assert q.indptr.tolist() == [0, 2, 3, 4]
+    assert q.gains.tolist() == [1.0] * 4
