@@ -365,17 +365,17 @@ class _RangeEvaluator:
         # Query blocks keep the temporaries small (cache-resident, and reused by the allocator).
         step = max(1, 262_144 // max(relmask.shape[1], 1))
         for start in range(0, self.nv, step):
-            qs = slice(start, start + step)
-            ub, lb = _bounds(method, v, g_lo, g_hi, qs)
-            rel, moves = relmask[qs], v.moves[None, :]
+            blk = slice(start, start + step)
+            ub, lb = _bounds(method, v, g_lo, g_hi, blk)
+            rel, moves = relmask[blk], v.moves[None, :]
             # The k-th best score that is guaranteed at every γ: from the records' lower bounds
             # (records that never move and answer nothing are in the constants already) and the
             # constants. A record whose best stays below it never enters the top k.
             sure = np.where(rel | moves, lb, -np.inf)
-            floor_k = _kth(np.concatenate([sure, v.const[qs]], axis=1), k)[:, None]
-            can_enter = (ub >= floor_k) & (ub > v.const[qs, -1:])
-            keep[qs] = ~rel & moves & can_enter
-            rel_keep[qs] = rel & (ub >= floor_k)
+            floor_k = _kth(np.concatenate([sure, v.const[blk]], axis=1), k)[:, None]
+            can_enter = (ub >= floor_k) & (ub > v.const[blk, -1:])
+            keep[blk] = ~rel & moves & can_enter
+            rel_keep[blk] = rel & (ub >= floor_k)
         self.groups = []
         for qs in _buckets(np.maximum(rel_keep.sum(axis=1), keep.sum(axis=1))):
             rc, nc = _gather(v, rel_keep[qs], method, qs), _gather(v, keep[qs], method, qs)
