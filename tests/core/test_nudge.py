@@ -564,3 +564,21 @@ def test_candidate_bounds_hold_at_every_gamma_of_their_range(monkeypatch, seed, 
     monkeypatch.setattr(core, "_ranges", lambda method, gammas: 5)
     cls(gammas=np.linspace(0.0, 3.9, 81)).fit(docs, tr, v)
     assert len(checked) >= 6 and any(lo > 0 for lo, _ in checked)
+
+
+@pytest.mark.parametrize("seed", SEEDS[:3])
+@pytest.mark.parametrize("cls", [NudgeN, NudgeM])
+@pytest.mark.parametrize("objective", ["top1", "ndcg@10"])
+def test_float32_path_for_large_problems_agrees_with_float64(monkeypatch, seed, cls, objective):
+    # Large problems work in float32; force that path on a small one and compare.
+    import nudge_rag.core.nudge as core
+
+    docs, qt, ta, qv, va = problem(seed)
+    tr, v = QuerySet(qt, ta), QuerySet(qv, va)
+    wide = cls(objective=objective).fit(docs, tr, v)
+    monkeypatch.setattr(core, "_FLOAT32_ABOVE", 0)
+    narrow = cls(objective=objective).fit(docs, tr, v)
+    assert narrow.gamma == pytest.approx(wide.gamma, abs=1e-5)
+    np.testing.assert_array_equal(narrow.moved, wide.moved)
+    np.testing.assert_allclose(narrow.embeddings, wide.embeddings, atol=2e-6)
+    np.testing.assert_allclose(narrow.curve.scores, wide.curve.scores, atol=1e-9)
