@@ -189,6 +189,9 @@ def main() -> None:
             "ref-m-nontrain",
         ],
     )
+    ap.add_argument(
+        "--repeats", type=int, default=3, help="fresh-process runs per method (median reported)"
+    )
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "scale.md")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
@@ -199,14 +202,29 @@ def main() -> None:
     rows = []
     for n in args.n:
         folder = make_data(n)
+        runs: dict[str, list[dict]] = {m: [] for m in args.methods}
+        # Rounds of every method in turn, so that slow drift of the machine hits all alike;
+        # a method that failed once (out of memory) is not run again.
+        for _ in range(max(1, args.repeats)):
+            for m in args.methods:
+                if runs[m] and "failed" in runs[m][0]:
+                    continue
+                r = run_child(m, folder, REF_CAP_GB if m.startswith("ref") else None)
+                print(json.dumps({**r, "n": n}), flush=True)
+                runs[m].append(r)
         for m in args.methods:
-            r = run_child(m, folder, REF_CAP_GB if m.startswith("ref") else None)
-            r["n"] = n
-            rows.append(r)
-            print(json.dumps(r), flush=True)
+            ok = [r for r in runs[m] if "failed" not in r]
+            if not ok:
+                rows.append({**runs[m][0], "n": n})
+                continue
+            secs = sorted(r["seconds"] for r in ok)
+            row = {**ok[0], "n": n, "seconds": float(np.median(secs)), "all_seconds": secs}
+            row["peak_rss_gb"] = max(r["peak_rss_gb"] for r in ok)
+            rows.append(row)
     lines = [
         f"Scale benchmark, {time.strftime('%Y-%m-%d')}, {platform.machine()}, {os.cpu_count()} cores, "
-        f"d={DIM}, {N_TRAIN} training / {N_VAL} validation queries; peak RSS includes the input.",
+        f"d={DIM}, {N_TRAIN} training / {N_VAL} validation queries; peak RSS includes the input; "
+        f"seconds = median of {args.repeats} fresh-process runs (in rounds), range in brackets.",
         "",
         "| N | method | seconds | peak RSS (GB) | × floor | γ / moved | note |",
         "|---|---|---|---|---|---|---|",
@@ -227,8 +245,10 @@ def main() -> None:
             ratio = f"{r['seconds'] / floor:.2f}" if floor else "–"
             gm = f"{r['gamma']:.4g} / {r['moved']}" if "gamma" in r else ""
             note = NOTES.get(r["method"], "")
+            spread = r.get("all_seconds", [r["seconds"]])
+            shown = f"{r['seconds']:.1f} ({spread[0]:.1f}–{spread[-1]:.1f})"
             lines.append(
-                f"| {n:,} | {r['method']} | {r['seconds']:.1f} | {r['peak_rss_gb']:.2f} | {ratio} | {gm} | {note} |"
+                f"| {n:,} | {r['method']} | {shown} | {r['peak_rss_gb']:.2f} | {ratio} | {gm} | {note} |"
             )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
