@@ -713,6 +713,9 @@ class _Nudge:
         if out is None:
             out = np.empty_like(x)
         in_place = out is x or (out.ctypes.data == x.ctypes.data and out.strides == x.strides)
+        if not in_place and np.may_share_memory(out, x):
+            msg = "out overlaps the input without being the same array: pass the input itself or separate memory"
+            raise ShapeError(msg)
         acc = None
         if self._selects(train) and val is not None and len(val):
             acc = UnmovedTopK(val.embeddings, fitted, self.unmoved_k, normalize=False)

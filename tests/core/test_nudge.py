@@ -273,12 +273,21 @@ def test_out_in_place_matches_the_copy(cls):
         (lambda d: d[:-1].copy(), "float32 array of shape"),
         (lambda d: d.tolist(), "float32 array of shape"),
         (lambda d: np.lib.stride_tricks.as_strided(d, writeable=False), "read-only"),
+        ("shifted", "overlaps the input"),
     ],
 )
 def test_bad_out_is_refused(out, match):
     docs, qt, ta, _, _ = problem(0)
+    if out == "shifted":  # a view of the input one row off: writes would clobber unread rows
+        buf = np.concatenate([docs, docs[:1]])
+        docs, target = buf[1:], buf[:-1]
+        before = buf.copy()
+    else:
+        target = out(docs.copy())
     with pytest.raises(ShapeError, match=match):
-        NudgeN(gamma=0.1).fit(docs, QuerySet(qt, ta), out=out(docs.copy()))
+        NudgeN(gamma=0.1).fit(docs, QuerySet(qt, ta), out=target)
+    if out == "shifted":
+        np.testing.assert_array_equal(buf, before)
 
 
 def test_bad_row_is_refused_before_out_is_written():
