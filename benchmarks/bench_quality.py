@@ -135,9 +135,11 @@ def run_ours(p: Prepared, args: argparse.Namespace) -> tuple[np.ndarray, np.ndar
     cls = getattr(nudge_rag, cls_name)
     model = cls(objective=objective, refit=refit, seed=0)
 
+    train_answers, val_answers = p.binary("train"), p.binary("val")  # the reference's input too
+
     def fit() -> Any:  # QuerySet validation + fit, like the reference's timing
-        train = nudge_rag.QuerySet(p.q_emb["train"], p.binary("train"))
-        val = nudge_rag.QuerySet(p.q_emb["val"], p.binary("val"))
+        train = nudge_rag.QuerySet(p.q_emb["train"], train_answers)
+        val = nudge_rag.QuerySet(p.q_emb["val"], val_answers)
         return model.fit(p.doc_emb, train, val)
 
     res, first, warm = _repeat(fit, args.repeats)
