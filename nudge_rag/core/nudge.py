@@ -927,11 +927,13 @@ class _Nudge:
         const = const[:, :k]
         # Records in S that never move and do not answer the query are constants too.
         if s and not np.all(mv.moves):
-            fixed_non = np.where(~mv.moves[None, :] & (rel == 0), a, -np.inf)
+            still = np.flatnonzero(~mv.moves)
+            fixed_non = np.where(rel[:, still] == 0, a[:, still], -np.inf)
+            s_still = still.size
             if k == 1:
                 const = np.maximum(const, fixed_non.max(axis=1, keepdims=True))
             else:
-                kk = min(k, s)
+                kk = min(k, s_still)
                 top = -np.partition(-fixed_non, kk - 1, axis=1)[:, :kk]
                 const = -np.sort(-np.concatenate([const, top], axis=1), axis=1)[:, :k]
         idcg = np.zeros(nv)
