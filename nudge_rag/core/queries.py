@@ -93,37 +93,27 @@ class QuerySet:
             msg = f"query {int(zero[0])} is an all-zero vector ({zero.size} such queries in all)"
             raise ZeroVectorError(msg)
 
-        fast = _plain_answer_lists(answers)
+        fast = _plain_answers(answers)
         if fast is not None:
-            self._embeddings = emb
-            self.indptr, self.rows = fast
-            self.gains = np.ones(self.rows.size, dtype=np.float64)
-            self._embeddings.setflags(write=False)
-            if n_records is not None or dim is not None:
-                self.check_records(n_records, dim)
-            return
-        counts = np.zeros(len(answers), dtype=np.int64)
-        rows: list[int] = []
-        gains: list[float] = []
-        for i, ans in enumerate(answers):
-            plain = _plain_rows(ans)
-            if plain is not None:
-                rows.extend(plain)
-                gains.extend([1.0] * len(plain))
-                counts[i] = len(plain)
-                continue
-            pairs = _answer_pairs(i, ans)
-            if not pairs:
-                msg = f"query {i} has no answer: every query needs at least one relevant record"
-                raise AnswerError(msg)
-            for r, g in pairs:
-                rows.append(r)
-                gains.append(g)
-            counts[i] = len(pairs)
+            indptr, rows_arr, gains_arr = fast
+        else:
+            counts = np.zeros(len(answers), dtype=np.int64)
+            rows: list[int] = []
+            gains: list[float] = []
+            for i, ans in enumerate(answers):
+                pairs = _answer_pairs(i, ans)
+                if not pairs:
+                    msg = f"query {i} has no answer: every query needs at least one relevant record"
+                    raise AnswerError(msg)
+                for r, g in pairs:
+                    rows.append(r)
+                    gains.append(g)
+                counts[i] = len(pairs)
+            indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+            rows_arr = np.asarray(rows, dtype=np.int64)
+            gains_arr = np.asarray(gains, dtype=np.float64)
         self._embeddings = emb
-        self.indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        self.rows = np.asarray(rows, dtype=np.int64)
-        self.gains = np.asarray(gains, dtype=np.float64)
+        self.indptr, self.rows, self.gains = indptr, rows_arr, gains_arr
         self._embeddings.setflags(write=False)
         if n_records is not None or dim is not None:
             self.check_records(n_records, dim)
@@ -212,46 +202,51 @@ class QuerySet:
         return out
 
 
-def _plain_answer_lists(answers: Sequence[Any]) -> tuple[np.ndarray, np.ndarray] | None:
-    """All answers plain non-empty lists/tuples of non-negative ints: ``(indptr, rows)`` with
-    duplicates within a query dropped (first appearance kept), in vectorised passes. ``None``
-    when any entry needs the checked per-query path (which also words the errors)."""
-    if not all(type(a) in (list, tuple) and a for a in answers):
-        return None
-    flat = list(chain.from_iterable(answers))
+def _plain_answers(
+    answers: Sequence[Any],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """The common inputs in vectorised passes: every entry a non-empty list/tuple of row ints,
+    or every entry a ``{row int: int/float grade}`` dict. Returns ``(indptr, rows, gains)`` as
+    the checked path would (duplicate rows dropped, first appearance kept; grades <= 0 dropped),
+    or ``None`` for anything else, including any input error: the checked per-query path
+    (:func:`_answer_pairs`) then handles it and words the error."""
+    kinds = set(map(type, answers))
+    if not kinds or not (kinds <= {list, tuple} or kinds == {dict}) or not all(answers):
+        return None  # (empty entries: the checked path says which query has no answer)
+    grades: np.ndarray | None = None
+    if kinds <= {list, tuple}:
+        flat = list(chain.from_iterable(answers))
+    elif kinds == {dict}:
+        flat = list(chain.from_iterable(answers))  # keys
+        values = list(chain.from_iterable(a.values() for a in answers))
+        if not set(map(type, values)) <= {int, float}:
+            return None
+        grades = np.array(values, dtype=np.float64)
+        if not np.all(np.isfinite(grades)):
+            return None
     if set(map(type, flat)) != {int}:
         return None
     rows = np.array(flat, dtype=np.int64)
-    if rows.size and rows.min() < 0:
+    if rows.min() < 0:
         return None
     counts = np.fromiter(map(len, answers), dtype=np.int64, count=len(answers))
-    indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     query = np.repeat(np.arange(len(answers), dtype=np.int64), counts)
-    key = query * (int(rows.max(initial=0)) + 1) + rows
-    srt = np.sort(key)
-    if not np.any(srt[1:] == srt[:-1]):
-        return indptr, rows
-    # Duplicates within a query: keep each (query, row) at its first appearance.
-    _, first = np.unique(key, return_index=True)
-    keep = np.sort(first)
-    rows = rows[keep]
-    counts = np.bincount(query[keep], minlength=len(answers))
+    if grades is None:
+        grades = np.ones(rows.size)
+        key = query * (int(rows.max()) + 1) + rows
+        srt = np.sort(key)
+        if np.any(srt[1:] == srt[:-1]):  # a row repeated within a query: keep the first
+            _, first = np.unique(key, return_index=True)
+            keep = np.sort(first)
+            rows, grades, query = rows[keep], grades[keep], query[keep]
+    elif np.any(grades <= 0):  # a dict's keys are distinct; grade <= 0 means "not relevant"
+        keep = grades > 0
+        rows, grades, query = rows[keep], grades[keep], query[keep]
+    counts = np.bincount(query, minlength=len(answers))
+    if np.any(counts == 0):
+        return None
     indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    return indptr, rows
-
-
-def _plain_rows(ans: Any) -> list[int] | None:
-    """The common case fast: a non-empty list/tuple/array of non-negative integer rows, as unique
-    rows in first-appearance order. ``None`` sends anything else to the checked path."""
-    if isinstance(ans, np.ndarray):
-        if ans.ndim != 1 or ans.dtype.kind not in "iu":
-            return None
-        ans = ans.tolist()
-    elif type(ans) not in (list, tuple):
-        return None
-    if not ans or not all(type(r) is int for r in ans) or min(ans) < 0:
-        return None
-    return list(dict.fromkeys(ans)) if len(ans) > 1 else list(ans)
+    return indptr, rows, grades
 
 
 def _answer_pairs(i: int, ans: Any) -> list[tuple[int, float]]:

@@ -116,3 +116,15 @@ def test_duplicate_rows_are_dropped_keeping_first_appearance(answers):
     assert q.rows.tolist() == [2, 1, 0, 1]
     assert q.indptr.tolist() == [0, 2, 3, 4]
     assert q.gains.tolist() == [1.0] * 4
+
+
+def test_graded_dicts_fast_path_equals_the_checked_path():
+    from collections import OrderedDict
+
+    emb = np.eye(3, dtype=np.float32)
+    plain = [{2: 1.0, 1: 0.0, 0: 2}, {0: 1}, {1: 3.5}]
+    mixed = [OrderedDict(plain[0]), *plain[1:]]  # one non-dict mapping: the checked path
+    fast, checked = QuerySet(emb, plain), QuerySet(emb, mixed)
+    assert fast.rows.tolist() == checked.rows.tolist() == [2, 0, 0, 1]
+    assert fast.gains.tolist() == checked.gains.tolist() == [1.0, 2.0, 1.0, 3.5]
+    assert fast.indptr.tolist() == checked.indptr.tolist() == [0, 2, 3, 4]
