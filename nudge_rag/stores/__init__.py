@@ -26,12 +26,13 @@ FAISS flat (both)             the index's: IP=dot, L2=l2               bit for b
 
 from __future__ import annotations
 
-from nudge_rag.stores._base import Metric, StorePage, VectorStoreAdapter
+from nudge_rag.stores._base import Metric, StoreIdentity, StorePage, VectorStoreAdapter
 from nudge_rag.stores._detect import SUPPORTED_STORES, adapter_for
 
 __all__ = [
     "SUPPORTED_STORES",
     "Metric",
+    "StoreIdentity",
     "StorePage",
     "VectorStoreAdapter",
     "adapter_for",

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import abc
 import logging
+import os
+import threading
+import uuid
+import weakref
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from typing import Literal, NamedTuple
 
 import numpy as np
 
+from nudge_rag._faults import checkpoint
 from nudge_rag.errors import (
     ConfigError,
     DimensionMismatchError,
@@ -20,7 +25,7 @@ from nudge_rag.errors import (
     ZeroVectorError,
 )
 
-__all__ = ["Metric", "StorePage", "VectorStoreAdapter"]
+__all__ = ["Metric", "StoreIdentity", "StorePage", "VectorStoreAdapter"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +56,51 @@ class StorePage(NamedTuple):
     embeddings: np.ndarray
     texts: list[str | None]
     metadatas: list[dict]
+
+
+class StoreIdentity(NamedTuple):
+    """Which store this is, taken from the store itself (never from its contents).
+
+    Attributes:
+        key: A string no other store shares: ``"chroma:<collection uuid>"``,
+            ``"qdrant:<path or url>/<collection>"``, ``"path:<persist dir>"``, ``"user:<name>"``
+            (``store_id=``), or ``"process:<token>"`` for a store that lives only in this
+            process. Adding, deleting or editing records does not change it, and two wrappers
+            over the same store (a raw chromadb collection and LangChain's ``Chroma`` over it)
+            give the same key.
+        durable: True when the key outlives this process (a collection id, a path, a server
+            address); False for an in-memory object, whose key is a token made for it.
+    """
+
+    key: str
+    durable: bool
+
+
+_TOKENS: dict[int, tuple[object, str]] = {}
+_TOKENS_LOCK = threading.Lock()
+
+
+def process_identity(obj: object, kind: str) -> StoreIdentity:
+    """A key for an in-memory store object that lives only in this process.
+
+    The same object gets the same key for as long as it lives; two live objects never share one
+    (a fresh random token per object, dropped when the object is collected).
+    """
+    with _TOKENS_LOCK:
+        held = _TOKENS.get(id(obj))
+        if held is not None:
+            ref, token = held
+            target = ref() if isinstance(ref, weakref.ref) else ref
+            if target is obj:
+                return StoreIdentity(f"process:{kind}:{token}", False)
+        token = f"{os.getpid()}-{uuid.uuid4().hex}"
+        key = id(obj)
+        try:
+            ref = weakref.ref(obj, lambda _r, key=key: _TOKENS.pop(key, None))  # type: ignore[misc]
+            _TOKENS[key] = (ref, token)
+        except TypeError:  # not weak-referenceable: keep it alive with its token
+            _TOKENS[key] = (obj, token)
+        return StoreIdentity(f"process:{kind}:{token}", False)
 
 
 def as_page_array(rows: object, dim: int, *, stored_as_float32: bool = False) -> np.ndarray:
@@ -109,6 +159,16 @@ class VectorStoreAdapter(abc.ABC):
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name} metric={self.metric}>"
 
+    # -- identity -----------------------------------------------------------------------------
+
+    def identity(self) -> StoreIdentity:
+        """Which store this is (see :class:`StoreIdentity`).
+
+        The default names the adapter object itself for this process only; adapters over a store
+        with an identity of its own (a collection id, a path, a server) override it.
+        """
+        return process_identity(self, self.name)
+
     # -- reading ------------------------------------------------------------------------------
 
     @abc.abstractmethod
@@ -164,6 +224,7 @@ class VectorStoreAdapter(abc.ABC):
         for start in range(0, len(ids), batch_size):
             stop = start + batch_size
             self._write_batch(ids[start:stop], vectors[start:stop])
+            checkpoint("store.batch")
         logger.debug("wrote %d vectors to %s", len(ids), self.name)
 
     @abc.abstractmethod

@@ -29,6 +29,7 @@ import numpy as np
 from nudge_rag.errors import StoreError
 from nudge_rag.stores._base import (
     Metric,
+    StoreIdentity,
     StorePage,
     VectorStoreAdapter,
     as_page_array,
@@ -81,6 +82,12 @@ class ChromaAdapter(VectorStoreAdapter):
         self.metric = chroma_metric(collection)
         self.normalizes_on_write = self.metric == "cosine"
         self._dim: int | None = None
+
+    def identity(self) -> StoreIdentity:
+        # The collection's own id: the same through every wrapper (raw chromadb, LlamaIndex,
+        # LangChain), unique to this collection (a collection deleted and made again under the
+        # same name is another store).
+        return StoreIdentity(f"chroma:{self._col.id}", True)
 
     def count(self) -> int:
         return int(self._col.count())

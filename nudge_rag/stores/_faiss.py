@@ -25,7 +25,14 @@ from typing import Any
 import numpy as np
 
 from nudge_rag.errors import StoreError, require
-from nudge_rag.stores._base import Metric, StorePage, VectorStoreAdapter, empty_page
+from nudge_rag.stores._base import (
+    Metric,
+    StoreIdentity,
+    StorePage,
+    VectorStoreAdapter,
+    empty_page,
+    process_identity,
+)
 
 __all__ = ["FaissFlatAdapter"]
 
@@ -124,6 +131,11 @@ class FaissFlatAdapter(VectorStoreAdapter):
         return faiss.rev_swig_ptr(self._inner.get_xb(), n * d).reshape(n, d)
 
     # -- reading ----------------------------------------------------------------------------
+
+    def identity(self) -> StoreIdentity:
+        # A FAISS index is an in-memory object; saved to disk it has a path only the caller
+        # knows (pass store_id= or persist_dir= to the finetuner).
+        return process_identity(self._outer, "faiss")
 
     def count(self) -> int:
         return int(self._inner.ntotal)

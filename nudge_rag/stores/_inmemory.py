@@ -15,7 +15,14 @@ from typing import Any
 
 import numpy as np
 
-from nudge_rag.stores._base import StorePage, VectorStoreAdapter, as_page_array, empty_page
+from nudge_rag.stores._base import (
+    StoreIdentity,
+    StorePage,
+    VectorStoreAdapter,
+    as_page_array,
+    empty_page,
+    process_identity,
+)
 
 __all__ = ["LangChainInMemoryAdapter", "LlamaIndexSimpleAdapter"]
 
@@ -90,6 +97,9 @@ class LlamaIndexSimpleAdapter(_DictStoreAdapter):
         self._vs = vector_store
         self._index = index
 
+    def identity(self) -> StoreIdentity:
+        return process_identity(self._vs, self.name)
+
     @property
     def _emb(self) -> dict[str, list[float]]:
         return self._vs.data.embedding_dict
@@ -162,6 +172,9 @@ class LangChainInMemoryAdapter(_DictStoreAdapter):
 
     def __init__(self, vector_store: Any) -> None:
         self._vs = vector_store
+
+    def identity(self) -> StoreIdentity:
+        return process_identity(self._vs, self.name)
 
     @property
     def _store(self) -> dict[str, dict[str, Any]]:

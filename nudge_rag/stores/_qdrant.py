@@ -16,6 +16,7 @@ Facts it relies on (qdrant-client 1.20, local ``:memory:`` mode and server alike
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -25,10 +26,12 @@ import numpy as np
 from nudge_rag.errors import StoreError
 from nudge_rag.stores._base import (
     Metric,
+    StoreIdentity,
     StorePage,
     VectorStoreAdapter,
     as_page_array,
     empty_page,
+    process_identity,
 )
 
 __all__ = ["QdrantAdapter", "langchain_payload_docs", "llamaindex_payload_docs"]
@@ -163,6 +166,23 @@ class QdrantAdapter(VectorStoreAdapter):
         self.metric = _DISTANCES[str(distance)]
         self.normalizes_on_write = self.metric == "cosine"
         self._dim = int(params.size)
+
+    def identity(self) -> StoreIdentity:
+        # Where the collection lives (an on-disk folder or a server) and its name. A collection
+        # in a ":memory:" client lives as long as that client object.
+        inner = getattr(self._client, "_client", self._client)
+        if type(inner).__name__ == "QdrantLocal":
+            location = getattr(inner, "location", None)
+            if not getattr(inner, "persistent", False) or location in (None, ":memory:"):
+                ident = process_identity(inner, "qdrant")
+                return StoreIdentity(f"{ident.key}/{self._collection}", False)
+            where = "local:" + os.path.realpath(str(location))
+        else:
+            where = str(
+                getattr(inner, "rest_uri", None)
+                or f"{getattr(inner, '_host', '?')}:{getattr(inner, '_port', '?')}"
+            )
+        return StoreIdentity(f"qdrant:{where}/{self._collection}", True)
 
     def count(self) -> int:
         return int(self._client.count(self._collection, exact=True).count)
