@@ -16,6 +16,7 @@
     │   ├── MetricError              the method does not suit the store's similarity metric
     │   └── WriteBackError           a write-back failed; the journal can restore the store
     ├── StateError                   saved fine-tuning state is missing, corrupt or foreign
+    │   └── StoreBusyError           another fine-tune or revert of the same store is running
     ├── QueryGenerationError         an LLM call for a chunk failed after its retries
     └── DependencyError (ImportError) an optional dependency is not installed
 
@@ -37,6 +38,7 @@ __all__ = [
     "QueryGenerationError",
     "ShapeError",
     "StateError",
+    "StoreBusyError",
     "StoreError",
     "UnsupportedStoreError",
     "WriteBackError",
@@ -98,6 +100,10 @@ class WriteBackError(StoreError):
 
 class StateError(NudgeError):
     """Saved fine-tuning state is missing, corrupt, or belongs to another store."""
+
+
+class StoreBusyError(StateError):
+    """Another fine-tune or revert of the same store holds its lock (see ``lock_timeout``)."""
 
 
 class QueryGenerationError(NudgeError):
