@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import hashlib
-import json
 import logging
 import os
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -27,18 +26,27 @@ from typing import Any, Literal
 
 import numpy as np
 
+from nudge_rag._faults import checkpoint
 from nudge_rag.core import NudgeM, NudgeN, QuerySet, UnmovedTopK, ValidationCurve, normalize_rows
 from nudge_rag.errors import (
     AnswerError,
     ConfigError,
     DimensionMismatchError,
     MetricError,
+    StateError,
     WriteBackError,
 )
 from nudge_rag.evaluation.metrics import MetricMeans, ranking_metrics
 from nudge_rag.integrations import Pipeline, resolve_pipeline
-from nudge_rag.state import FinetuneState
-from nudge_rag.stores import VectorStoreAdapter, adapter_for
+from nudge_rag.state import (
+    FinetuneState,
+    StateLock,
+    default_state_home,
+    state_dir_for,
+    vectors_match,
+)
+from nudge_rag.stores import StoreIdentity, VectorStoreAdapter, adapter_for
+from nudge_rag.stores._base import name_ids
 
 __all__ = ["FinetuneReport", "NudgeEmbeddingFinetuner", "RevertReport", "as_training_pairs"]
 
@@ -107,7 +115,7 @@ def _grades(ids: Any, where: str) -> dict[str, float]:
 # ---------------------------------------------------------------------------------------------
 # Reports
 # ---------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class FinetuneReport:
     """What :meth:`NudgeEmbeddingFinetuner.finetune` did.
 
@@ -123,9 +131,15 @@ class FinetuneReport:
             store at γ = 0 and at the chosen γ. γ was chosen on these queries, so ``after`` is
             optimistic; use held-out test queries (:func:`nudge_rag.evaluation`) for a fair number.
         written: Whether anything was written to the store.
-        note: Why nothing was written, when it was not.
+        note: Why nothing was written, when it was not, and anything else worth knowing.
         seconds: Wall time per stage (embed, read, fit, write).
         state_dir: Where originals and journal are kept (for :meth:`revert`).
+        store_id: The store's identity key (see :class:`~nudge_rag.stores.StoreIdentity`).
+        adopted_ids: Records a previous fine-tune wrote whose vector the user has changed since
+            (re-embedded, edited): left as the user set them and taken as their new originals.
+        deleted_ids: Records a previous fine-tune wrote that are no longer in the store.
+        restored_ids: Records a previous fine-tune moved that this one does not move: their
+            originals were written back.
     """
 
     method: str
@@ -142,6 +156,18 @@ class FinetuneReport:
     note: str
     seconds: dict[str, float]
     state_dir: str
+    store_id: str = ""
+    adopted_ids: list[str] = field(default_factory=list)
+    deleted_ids: list[str] = field(default_factory=list)
+    restored_ids: list[str] = field(default_factory=list)
+
+    def __repr__(self) -> str:
+        return (
+            f"FinetuneReport(method={self.method!r}, gamma={self.gamma:.4g}, "
+            f"n_moved={self.n_moved}, n_records={self.n_records}, written={self.written}, "
+            f"adopted={len(self.adopted_ids)}, deleted={len(self.deleted_ids)}, "
+            f"state_dir={self.state_dir!r})"
+        )
 
     def summary(self) -> str:
         """A few human-readable lines."""
@@ -154,19 +180,138 @@ class FinetuneReport:
                 f"validation NDCG@10 {self.before.ndcg:.4f} -> {self.after.ndcg:.4f}, "
                 f"hit@10 {self.before.hit:.4f} -> {self.after.hit:.4f}"
             )
+        if self.adopted_ids:
+            lines.append(
+                f"{len(self.adopted_ids)} record(s) changed since the last fine-tune were left as "
+                f"they are and taken as originals: {name_ids(self.adopted_ids)}"
+            )
+        if self.deleted_ids:
+            lines.append(
+                f"{len(self.deleted_ids)} record(s) of the last fine-tune are no longer in the "
+                f"store: {name_ids(self.deleted_ids)}"
+            )
         if self.note:
             lines.append(self.note)
         lines.append("time: " + ", ".join(f"{k} {v:.2f}s" for k, v in self.seconds.items()))
         return "\n".join(lines)
 
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-serialisable values (ids in full)."""
+        curve = None
+        if self.curve is not None:
+            curve = {
+                "gammas": np.asarray(self.curve.gammas).tolist(),
+                "scores": np.asarray(self.curve.scores).tolist(),
+                "objective": self.curve.objective,
+                "n_queries": self.curve.n_queries,
+            }
+        return {
+            "method": self.method,
+            "gamma": float(self.gamma),
+            "n_records": self.n_records,
+            "n_moved": self.n_moved,
+            "moved_ids": list(self.moved_ids),
+            "n_train": self.n_train,
+            "n_val": self.n_val,
+            "written": self.written,
+            "note": self.note,
+            "seconds": dict(self.seconds),
+            "state_dir": self.state_dir,
+            "store_id": self.store_id,
+            "adopted_ids": list(self.adopted_ids),
+            "deleted_ids": list(self.deleted_ids),
+            "restored_ids": list(self.restored_ids),
+            "validation": {
+                "before": self.before._asdict() if self.before is not None else None,
+                "after": self.after._asdict() if self.after is not None else None,
+            },
+            "curve": curve,
+        }
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, repr=False)
 class RevertReport:
-    """What :meth:`NudgeEmbeddingFinetuner.revert` restored."""
+    """What :meth:`NudgeEmbeddingFinetuner.revert` did.
+
+    Attributes:
+        n_restored: Records whose original vector was written back (and read back equal).
+        n_already_original: Journaled records that already held their original vector (e.g. a
+            revert or a write that was cut short).
+        changed_ids: Records whose vector the user changed since the fine-tune (re-embedded,
+            edited): left as they are.
+        deleted_ids: Journaled records no longer in the store: skipped.
+        mismatched_ids: Records that did not read back equal to their original after the
+            write (the state is kept active so that ``revert()`` can be run again).
+        max_abs_diff: Largest |read back − original| over the restored records (0.0 on stores
+            that keep vectors as written; ~1e-7 on stores that renormalise).
+        state_dir: The state folder used.
+        note: Why nothing was restored, when nothing was.
+    """
 
     n_restored: int
     max_abs_diff: float
     state_dir: str
+    n_already_original: int = 0
+    changed_ids: list[str] = field(default_factory=list)
+    deleted_ids: list[str] = field(default_factory=list)
+    mismatched_ids: list[str] = field(default_factory=list)
+    note: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """Every record we wrote is back to its original (none mismatched)."""
+        return not self.mismatched_ids
+
+    def __repr__(self) -> str:
+        return (
+            f"RevertReport(n_restored={self.n_restored}, "
+            f"n_already_original={self.n_already_original}, changed={len(self.changed_ids)}, "
+            f"deleted={len(self.deleted_ids)}, mismatched={len(self.mismatched_ids)}, "
+            f"max_abs_diff={self.max_abs_diff:.3g}, state_dir={self.state_dir!r})"
+        )
+
+    def summary(self) -> str:
+        """A few human-readable lines."""
+        lines = [
+            f"restored {self.n_restored} record(s) to their original vectors "
+            f"(read back: max |difference| {self.max_abs_diff:.3g})"
+            + (
+                f"; {self.n_already_original} already held their original"
+                if self.n_already_original
+                else ""
+            )
+        ]
+        if self.changed_ids:
+            lines.append(
+                f"left {len(self.changed_ids)} record(s) the user changed since as they are: "
+                f"{name_ids(self.changed_ids)}"
+            )
+        if self.deleted_ids:
+            lines.append(
+                f"skipped {len(self.deleted_ids)} record(s) no longer in the store: "
+                f"{name_ids(self.deleted_ids)}"
+            )
+        if self.mismatched_ids:
+            lines.append(
+                f"{len(self.mismatched_ids)} record(s) did not read back equal to their original: "
+                f"{name_ids(self.mismatched_ids)}; the state is kept, run revert() again"
+            )
+        if self.note:
+            lines.append(self.note)
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-serialisable values."""
+        return {
+            "n_restored": self.n_restored,
+            "n_already_original": self.n_already_original,
+            "changed_ids": list(self.changed_ids),
+            "deleted_ids": list(self.deleted_ids),
+            "mismatched_ids": list(self.mismatched_ids),
+            "max_abs_diff": self.max_abs_diff,
+            "state_dir": self.state_dir,
+            "note": self.note,
+        }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -178,6 +323,11 @@ class _Read:
     acc: UnmovedTopK | None
     n_records: int
     dim: int
+    # journaled records (of the state in force): what the store holds for each that is still
+    # ours, and the ones the user changed or deleted since
+    held: dict[str, np.ndarray] = field(default_factory=dict)
+    adopted: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -207,8 +357,21 @@ class NudgeEmbeddingFinetuner:
             adds 1.5 NDCG@10 points on average, on NFCorpus it is neutral).
         seed: Seed of the validation split.
         similarity_top_k: ``k`` of the retriever handed back (framework default when None).
-        state_dir: Where originals and the journal live (default
-            ``.nudge_rag_state/<store>-<fingerprint>`` under the working directory).
+        store_id: A name for the store that outlives this process, for stores that have no
+            identity of their own (in-memory stores loaded from files): the state of a store is
+            found by its identity, so the same name finds the same state after a restart. Default:
+            the store's own identity (Chroma collection id, Qdrant location + collection), the
+            path of ``persist_dir``, or, for an in-memory store, a token for this process only.
+        persist_dir: Where the store is saved (a LlamaIndex index's persist dir, a LangChain
+            FAISS folder, an InMemoryVectorStore dump file): after writing vectors and after a
+            revert the store is saved there crash-safely (:func:`nudge_rag.persist.save_store`);
+            also names the store when ``store_id`` is not given.
+        state_dir: Where originals and the journal live. Default: a folder per store identity in
+            the per-user data folder (:func:`nudge_rag.state.default_state_home`; a temporary
+            folder for stores that live only in this process); never the working directory.
+        lock_timeout: How long to wait for another fine-tune or revert of the same store: ``0``
+            (default) raises :class:`~nudge_rag.errors.StoreBusyError` at once, ``None`` waits
+            for it to finish, a number waits up to that many seconds.
         page_size: Records read per page.
         write_batch_size: Records written per call to the store.
         max_concurrency: Queries embedded concurrently.
@@ -230,7 +393,10 @@ class NudgeEmbeddingFinetuner:
     refit: bool = True
     seed: int = 0
     similarity_top_k: int | None = None
+    store_id: str | None = None
+    persist_dir: str | os.PathLike[str] | None = None
     state_dir: str | os.PathLike[str] | None = None
+    lock_timeout: float | None = 0.0
     page_size: int = 1000
     write_batch_size: int = 500
     max_concurrency: int = 16
@@ -239,7 +405,7 @@ class NudgeEmbeddingFinetuner:
     queries_per_chunk: int = 2
     max_chunks: int | None = None
     query_cache: str | os.PathLike[str] | None = None
-    report: FinetuneReport | None = field(default=None, init=False)
+    report: FinetuneReport | None = field(default=None, init=False, repr=False)
     generated: Any = field(default=None, init=False, repr=False)
     _adapter: VectorStoreAdapter = field(init=False, repr=False)
     _pipeline: Pipeline | None = field(default=None, init=False, repr=False)
@@ -257,6 +423,16 @@ class NudgeEmbeddingFinetuner:
             not isinstance(self.similarity_top_k, int) or self.similarity_top_k < 1
         ):
             msg = f"similarity_top_k must be a positive int or None; received {self.similarity_top_k!r}"
+            raise ConfigError(msg)
+        if self.store_id is not None and (not isinstance(self.store_id, str) or not self.store_id):
+            msg = f"store_id must be a non-empty str or None; received {self.store_id!r}"
+            raise ConfigError(msg)
+        if self.lock_timeout is not None and (
+            isinstance(self.lock_timeout, bool)
+            or not isinstance(self.lock_timeout, int | float)
+            or self.lock_timeout < 0
+        ):
+            msg = f"lock_timeout must be a number >= 0 or None; received {self.lock_timeout!r}"
             raise ConfigError(msg)
         self._model()  # validates gamma / objective / val_fraction now, not after reading
         self._adapter = adapter_for(self.store)
@@ -306,7 +482,21 @@ class NudgeEmbeddingFinetuner:
         t = time.perf_counter()
         q = np.asarray(await pipe.embed_queries([p[0] for p in pairs]))
         times["embed"] = time.perf_counter() - t
+        self.report = await asyncio.to_thread(self._finetune_locked, pairs, q, times)
+        logger.info("%s", self.report.summary())
+        retriever = self.retriever(similarity_top_k)
+        if retriever is None:
+            logger.warning(
+                "the %s store keeps no texts (they live in the index's docstore): the vectors are "
+                "fine-tuned, but a retriever needs the VectorStoreIndex; pass the index instead",
+                self._adapter.name,
+            )
+        return retriever
 
+    def _finetune_locked(
+        self, pairs: TrainingPairs, q: np.ndarray, times: dict[str, float]
+    ) -> FinetuneReport:
+        """Everything that reads or writes the store or its state, under the store's lock."""
         s_ids = sorted({i for _, ans in pairs for i in ans})
         pos = {i: r for r, i in enumerate(s_ids)}
         queries = QuerySet(q, [{pos[i]: g for i, g in ans.items()} for _, ans in pairs])
@@ -315,81 +505,90 @@ class NudgeEmbeddingFinetuner:
             train, val = model.split(queries)
         else:
             train, val = queries, None
-        fingerprint = self._fingerprint()
-        state = FinetuneState.load(self._state_dir(fingerprint), fingerprint)
+        ident = self.identity
+        state_dir = self.state_path
+        with StateLock(state_dir, self.lock_timeout):
+            state = self._load_state(state_dir, ident)
+            t = time.perf_counter()
+            read = self._read(s_ids, val, state, q.shape[1], model.unmoved_k)
+            times["read"] = time.perf_counter() - t
+            checkpoint("finetune.read")
 
-        t = time.perf_counter()
-        read = await asyncio.to_thread(self._read, s_ids, val, state, q.shape[1], model.unmoved_k)
-        times["read"] = time.perf_counter() - t
-
-        t = time.perf_counter()
-        unit = normalize_rows(read.s_vecs, name="stored vectors")
-        res = model.fit_partial(
-            unit,
-            np.arange(len(s_ids)),
-            train,
-            val,
-            read.acc.result() if read.acc is not None else None,
-            n_records=len(s_ids),
-        )
-        before = after = None
-        if val is not None and read.acc is not None:
-            after_vecs = unit.copy()
-            after_vecs[res.moved] = res.moved_embeddings
-            before = _report_metrics(unit, val, read.acc)
-            after = _report_metrics(after_vecs, val, read.acc)
-        if self.refit and val is not None and res.gamma > 0:
-            # γ is chosen and measured on held-out queries; the move that is written then uses
-            # every query (the validation ones too), at that γ.
-            fixed, curve = self._model(gamma=res.gamma), res.curve
-            res = fixed.fit_partial(
+            t = time.perf_counter()
+            unit = normalize_rows(read.s_vecs, name="stored vectors")
+            res = model.fit_partial(
                 unit,
                 np.arange(len(s_ids)),
-                QuerySet.concat(train, val),
-                None,
-                None,
+                train,
+                val,
+                read.acc.result() if read.acc is not None else None,
                 n_records=len(s_ids),
             )
-            res = replace(res, curve=curve, n_val=len(val), refit=True)
-        times["fit"] = time.perf_counter() - t
+            before = after = None
+            if val is not None and read.acc is not None:
+                after_vecs = unit.copy()
+                after_vecs[res.moved] = res.moved_embeddings
+                before = _report_metrics(unit, val, read.acc)
+                after = _report_metrics(after_vecs, val, read.acc)
+            if self.refit and val is not None and res.gamma > 0:
+                # γ is chosen and measured on held-out queries; the move that is written then
+                # uses every query (the validation ones too), at that γ.
+                fixed, curve = self._model(gamma=res.gamma), res.curve
+                res = fixed.fit_partial(
+                    unit,
+                    np.arange(len(s_ids)),
+                    QuerySet.concat(train, val),
+                    None,
+                    None,
+                    n_records=len(s_ids),
+                )
+                res = replace(res, curve=curve, n_val=len(val), refit=True)
+            times["fit"] = time.perf_counter() - t
+            checkpoint("finetune.fit")
 
-        moved_ids = [s_ids[r] for r in res.moved]
-        note = ""
-        worse = ""
-        if before is not None and after is not None and after.ndcg < before.ndcg - 1e-12:
-            worse = (
-                f"the chosen γ={res.gamma:.4g} would lower held-out NDCG@10 "
-                f"({before.ndcg:.4f} -> {after.ndcg:.4f}), so the store keeps its original vectors"
-            )
-        if res.gamma == 0 or not moved_ids or worse:
-            note = worse or (
-                "validation preferred γ = 0: no move improved the held-out queries, so the store "
-                "keeps its original vectors"
-            )
-            moved_ids, new = [], np.zeros((0, read.dim))
-        else:
-            new = res.moved_embeddings.astype(np.float64)
+            moved_ids = [s_ids[r] for r in res.moved]
+            note = ""
+            worse = ""
+            if before is not None and after is not None and after.ndcg < before.ndcg - 1e-12:
+                worse = (
+                    f"the chosen γ={res.gamma:.4g} would lower held-out NDCG@10 "
+                    f"({before.ndcg:.4f} -> {after.ndcg:.4f}), so the store keeps its original vectors"
+                )
+            if res.gamma == 0 or not moved_ids or worse:
+                note = worse or (
+                    "validation preferred γ = 0: no move improved the held-out queries, so the "
+                    "store keeps its original vectors"
+                )
+                moved_ids, new = [], np.zeros((0, read.dim))
+            else:
+                new = res.moved_embeddings.astype(np.float64)
 
-        t = time.perf_counter()
-        written = await asyncio.to_thread(
-            self._write,
-            fingerprint,
-            state,
-            moved_ids,
-            new,
-            read.s_vecs,
-            pos,
-            {
-                "gamma": res.gamma,
-                "method": self.method,
-                "objective": self.objective,
-                "n_train": res.n_train,
-                "n_val": res.n_val,
-                "refit": res.refit,
-            },
-        )
-        times["write"] = time.perf_counter() - t
-        self.report = FinetuneReport(
+            t = time.perf_counter()
+            restored = self._write(
+                state_dir,
+                ident,
+                state,
+                read,
+                moved_ids,
+                new,
+                pos,
+                {
+                    "gamma": res.gamma,
+                    "method": self.method,
+                    "objective": self.objective,
+                    "n_train": res.n_train,
+                    "n_val": res.n_val,
+                    "refit": res.refit,
+                },
+            )
+            times["write"] = time.perf_counter() - t
+        if (moved_ids or restored) and not ident.durable:
+            note = (note + "\n" if note else "") + (
+                f"this {self._adapter.name} store has no identity that outlives this process: "
+                "to revert it after a restart, pass store_id= (a name of yours) or persist_dir= "
+                "(where you save it), the same on every run"
+            )
+        return FinetuneReport(
             method=self.method,
             gamma=res.gamma if moved_ids else 0.0,
             n_records=read.n_records,
@@ -400,20 +599,15 @@ class NudgeEmbeddingFinetuner:
             curve=res.curve,
             before=before,
             after=after,
-            written=written,
+            written=bool(moved_ids or restored),
             note=note,
             seconds=times,
-            state_dir=str(self._state_dir(fingerprint)),
+            state_dir=str(state_dir),
+            store_id=ident.key,
+            adopted_ids=read.adopted,
+            deleted_ids=read.deleted,
+            restored_ids=restored,
         )
-        logger.info("%s", self.report.summary())
-        retriever = self.retriever(similarity_top_k)
-        if retriever is None:
-            logger.warning(
-                "the %s store keeps no texts (they live in the index's docstore): the vectors are "
-                "fine-tuned, but a retriever needs the VectorStoreIndex; pass the index instead",
-                self._adapter.name,
-            )
-        return retriever
 
     async def agenerate_queries(self) -> Any:
         """Write training queries for the stored chunks (``llm``, or the offline generator).
@@ -467,21 +661,134 @@ class NudgeEmbeddingFinetuner:
         return pipe.make_retriever(k)
 
     def revert(self) -> RevertReport:
-        """Write every original vector back: the store is as it was before fine-tuning.
+        """Write the original vectors back wherever the store still holds one we wrote.
 
-        Works after a process restart (the originals are on disk in ``state_dir``), and after a
-        write-back that failed half-way. Reverting twice is harmless.
+        Records the user changed since the fine-tune (re-embedded, edited) are left as they are,
+        and records deleted since are skipped; both are named in the report and never block the
+        others. What is written is read back and compared with the originals. Works after a
+        process restart (the originals are on disk in the state folder), after a write that was
+        cut short, and after a revert that was; reverting twice is harmless.
         """
-        fingerprint = self._fingerprint()
-        state = FinetuneState.load(self._state_dir(fingerprint), fingerprint)
-        if state is None or not state.active:
-            return RevertReport(0, 0.0, str(self._state_dir(fingerprint)))
-        self._adapter.write_vectors(state.ids, state.originals, batch_size=self.write_batch_size)
-        back = self._adapter.get(state.ids).embeddings.astype(np.float64)
-        diff = float(np.max(np.abs(back - state.originals))) if state.ids else 0.0
-        state.mark("reverted", max_abs_diff=diff)
-        logger.info("reverted %d records (max |Δ| %.3g)", len(state.ids), diff)
-        return RevertReport(len(state.ids), diff, str(state.directory))
+        ident = self.identity
+        state_dir = self.state_path
+        with StateLock(state_dir, self.lock_timeout):
+            state = self._load_state(state_dir, ident)
+            if state is None:
+                note = (
+                    f"no fine-tuning state for this store at {state_dir}: nothing was restored. "
+                    "If it was fine-tuned, pass the state_dir (or store_id / persist_dir) it was "
+                    "fine-tuned with"
+                )
+                logger.warning("%s", note)
+                return RevertReport(0, 0.0, str(state_dir), note=note)
+            if not state.active:
+                note = f"the fine-tuning state in {state_dir} is {state.status!r}: nothing to restore"
+                return RevertReport(0, 0.0, str(state_dir), note=note)
+            tol = self._tolerance()
+            missing = set(self._adapter._missing(list(state.ids))) if state.ids else set()
+            rows = np.array([r for r, i in enumerate(state.ids) if i not in missing], dtype=np.int64)
+            present = [state.ids[r] for r in rows]
+            cur = self._get_vectors(present, state.originals.shape[1])
+            ours = state.ours(rows, cur, tol)
+            is_orig = vectors_match(cur, state.originals[rows], tol=tol)
+            todo = rows[ours & ~is_orig]
+            already = rows[ours & is_orig]
+            changed = [state.ids[r] for r in rows[~ours]]
+            deleted = [i for i in state.ids if i in missing]
+            todo_ids = [state.ids[r] for r in todo]
+            self._adapter.write_vectors(
+                todo_ids, state.originals[todo], batch_size=self.write_batch_size
+            )
+            check = np.concatenate([todo, already])
+            back = self._get_vectors([state.ids[r] for r in check], state.originals.shape[1])
+            good = vectors_match(back, state.originals[check], tol=tol)
+            mismatched = [state.ids[r] for r in check[~good]]
+            diff = (
+                float(np.max(np.abs(back[: len(todo)].astype(np.float64) - state.originals[todo])))
+                if len(todo)
+                else 0.0
+            )
+            if self.persist_dir is not None:
+                self._persist()
+            if not mismatched:
+                # Only now: until the originals are in the store (and saved, for a persisted
+                # store), the state must stay active so that a crash leaves revert() to finish.
+                state.mark(
+                    "reverted",
+                    n_restored=len(todo),
+                    changed_ids=changed,
+                    deleted_ids=deleted,
+                    max_abs_diff=diff,
+                )
+        rep = RevertReport(
+            n_restored=len(todo) - len(set(mismatched) & set(todo_ids)),
+            max_abs_diff=diff,
+            state_dir=str(state_dir),
+            n_already_original=len(already),
+            changed_ids=changed,
+            deleted_ids=deleted,
+            mismatched_ids=mismatched,
+        )
+        logger.info("%s", rep.summary())
+        return rep
+
+    # ------------------------------------------------------------------ identity and state
+    @property
+    def identity(self) -> StoreIdentity:
+        """Which store this is: ``store_id``, else ``persist_dir``, else the store's own."""
+        if self.store_id is not None:
+            return StoreIdentity(f"user:{self.store_id}", True)
+        if self.persist_dir is not None:
+            return StoreIdentity(f"path:{os.path.realpath(self.persist_dir)}", True)
+        return self._adapter.identity()
+
+    @property
+    def state_path(self) -> Path:
+        """The folder that holds this store's originals and journal."""
+        if self.state_dir is not None:
+            return Path(self.state_dir).expanduser()
+        ident = self.identity
+        if ident.durable:
+            return state_dir_for(ident.key)
+        # A store that dies with this process: its state has no use after it, so it goes to a
+        # temporary folder rather than the user's data folder.
+        home = (
+            default_state_home().parent
+            if os.environ.get("NUDGE_RAG_HOME")
+            else Path(tempfile.gettempdir()) / f"nudge_rag-{_user()}"
+        )
+        return home / "process" / state_dir_for(ident.key).name
+
+    def _load_state(self, state_dir: Path, ident: StoreIdentity) -> FinetuneState | None:
+        state = FinetuneState.load(state_dir)
+        if state is None:
+            return None
+        if state.manifest.get("durable") and ident.durable and state.identity != ident.key:
+            msg = (
+                f"the fine-tuning state in {state_dir} belongs to another store "
+                f"({state.identity!r}; this store is {ident.key!r}); pass another state_dir, or "
+                "the store_id that store was fine-tuned with"
+            )
+            raise StateError(msg)
+        return state
+
+    def _tolerance(self) -> float:
+        # Stores that renormalise what is written hand back the written vector to ~1e-7.
+        return 1e-6 if self._adapter.normalizes_on_write else 0.0
+
+    def _get_vectors(self, ids: list[str], dim: int) -> np.ndarray:
+        if not ids:
+            return np.zeros((0, dim), dtype=np.float64)
+        out = []
+        for start in range(0, len(ids), self.page_size):
+            out.append(self._adapter.get(ids[start : start + self.page_size]).embeddings)
+        return np.concatenate(out, axis=0)
+
+    def _persist(self) -> None:
+        from nudge_rag.persist import save_store
+
+        assert self.persist_dir is not None
+        save_store(self.store, self.persist_dir)
 
     # ------------------------------------------------------------------ internals
     def _model(self, gamma: float | None = None) -> NudgeN | NudgeM:
@@ -501,26 +808,23 @@ class NudgeEmbeddingFinetuner:
             )
         return self._pipeline
 
-    def _fingerprint(self) -> str:
-        first = next(iter(self._adapter.iter_pages(64, with_documents=False)), None)
-        ids = first.ids if first is not None else []
-        h = hashlib.sha256(json.dumps([self._adapter.name, ids]).encode()).hexdigest()[:12]
-        return f"{self._adapter.name}-{h}"
-
-    def _state_dir(self, fingerprint: str) -> Path:
-        if self.state_dir is not None:
-            return Path(self.state_dir)
-        return Path(".nudge_rag_state") / fingerprint
-
     def _read(
         self, s_ids: list[str], val: QuerySet | None, state: FinetuneState | None, dim: int, k: int
     ) -> _Read:
-        """One pass over the store: keep the records queries answer, stream the rest."""
+        """One pass over the store: keep the records queries answer, stream the rest.
+
+        Records of the state in force are checked on the way: one still holding a vector we
+        wrote (or its original) counts with its original; one the user changed since is theirs
+        (its current vector is its original from now on); one not met at all was deleted.
+        """
         pos = {i: r for r, i in enumerate(s_ids)}
         s_vecs = np.zeros((len(s_ids), dim), dtype=np.float64)
         seen = np.zeros(len(s_ids), dtype=bool)
         acc = UnmovedTopK(val.embeddings, [], max(k, REPORT_K)) if val is not None else None
-        originals = state.original_map() if state is not None and state.active else {}
+        journal = state.row_of() if state is not None and state.active else {}
+        tol = self._tolerance()
+        out = _Read(s_vecs, acc, 0, dim)
+        met: set[str] = set()
         check_norms = self._adapter.metric != "cosine"
         n = 0
         pages = self._adapter.iter_pages(self.page_size, with_documents=False)
@@ -532,11 +836,20 @@ class NudgeEmbeddingFinetuner:
                     f"embedding model gives {dim}: is embed_model the one that built the store?"
                 )
                 raise DimensionMismatchError(msg)
-            if originals:  # a previous fine-tune moved some: always start from the originals
-                for j, rid in enumerate(page.ids):
-                    r = originals.get(rid)
-                    if r is not None:
-                        vecs[j] = state.originals[r]  # type: ignore[union-attr]
+            if journal:
+                js = [(j, journal[rid]) for j, rid in enumerate(page.ids) if rid in journal]
+                if js:
+                    at = np.array([j for j, _ in js], dtype=np.int64)
+                    rows = np.array([r for _, r in js], dtype=np.int64)
+                    ours = state.ours(rows, page.embeddings[at], tol)  # type: ignore[union-attr]
+                    for j, r, mine in zip(at.tolist(), rows.tolist(), ours.tolist(), strict=True):
+                        rid = page.ids[j]
+                        met.add(rid)
+                        if mine:  # ours: start from the original, never from a moved vector
+                            out.held[rid] = np.array(page.embeddings[j], dtype=np.float64)
+                            vecs[j] = state.originals[r]  # type: ignore[union-attr]
+                        else:  # the user changed it since: theirs, as it is now
+                            out.adopted.append(rid)
             if check_norms and vecs.shape[0]:
                 norms = np.linalg.norm(vecs, axis=1)
                 if np.any(np.abs(norms - 1.0) > 1e-3):
@@ -550,9 +863,9 @@ class NudgeEmbeddingFinetuner:
                     raise MetricError(msg)
             keep = np.fromiter((rid in pos for rid in page.ids), dtype=bool, count=len(page.ids))
             if keep.any():
-                rows = [pos[rid] for rid, k_ in zip(page.ids, keep, strict=True) if k_]
-                s_vecs[rows] = vecs[keep]
-                seen[rows] = True
+                rows_ = [pos[rid] for rid, k_ in zip(page.ids, keep, strict=True) if k_]
+                s_vecs[rows_] = vecs[keep]
+                seen[rows_] = True
             if acc is not None and (~keep).any():
                 acc.update(vecs[~keep].astype(np.float32))
             n += len(page.ids)
@@ -564,39 +877,62 @@ class NudgeEmbeddingFinetuner:
                 "(LlamaIndex node ids, LangChain document ids)"
             )
             raise AnswerError(msg)
-        return _Read(s_vecs, acc, n, dim)
+        out.deleted = [rid for rid in journal if rid not in met]
+        out.n_records = n
+        if out.adopted or out.deleted:
+            logger.warning(
+                "%d record(s) changed and %d deleted since the last fine-tune of this store: "
+                "left as they are (changed: %s; deleted: %s)",
+                len(out.adopted),
+                len(out.deleted),
+                name_ids(out.adopted),
+                name_ids(out.deleted),
+            )
+        return out
 
     def _write(
         self,
-        fingerprint: str,
+        state_dir: Path,
+        ident: StoreIdentity,
         state: FinetuneState | None,
+        read: _Read,
         moved_ids: list[str],
         new: np.ndarray,
-        s_vecs: np.ndarray,
         pos: dict[str, int],
         info: dict[str, Any],
-    ) -> bool:
-        """Journal, then write. Records a previous fine-tune moved but this one does not get
-        their originals back."""
-        old = state.original_map() if state is not None and state.active else {}
-        ids = list(moved_ids) + [i for i in old if i not in set(moved_ids)]
+    ) -> list[str]:
+        """Journal, then write. Records of the state in force that are still ours and that this
+        fine-tune does not move get their originals back; their ids are returned."""
+        old = state.row_of() if state is not None and state.active else {}
+        moved = set(moved_ids)
+        back = [i for i in old if i in read.held and i not in moved]
+        ids = list(moved_ids) + back
         if not ids:
-            return False
-        originals = np.empty((len(ids), s_vecs.shape[1]), dtype=np.float64)
+            if state is not None and state.active:
+                # Everything the last fine-tune wrote was changed or deleted by the user since.
+                state.mark("reverted", note="every journaled record was changed or deleted")
+            return []
+        d = read.dim
+        originals = np.empty((len(ids), d), dtype=np.float64)
         targets = np.empty_like(originals)
+        priors = np.empty_like(originals)
         for r, rid in enumerate(ids):
-            if rid in old:
+            if rid in read.held:  # ours: the journal's original; the store holds `held`
                 originals[r] = state.originals[old[rid]]  # type: ignore[union-attr]
-            else:
-                originals[r] = s_vecs[pos[rid]]
+                priors[r] = read.held[rid]
+            else:  # never written by us, or adopted: what the store holds is the original
+                originals[r] = read.s_vecs[pos[rid]]
+                priors[r] = originals[r]
             targets[r] = new[r] if r < len(moved_ids) else originals[r]
-        journal = FinetuneState.begin(
-            self._state_dir(fingerprint),
+        journal = FinetuneState.commit(
+            state_dir,
             ids=ids,
             originals=originals,
             targets=targets,
+            priors=priors,
             manifest={
-                "fingerprint": fingerprint,
+                "identity": ident.key,
+                "durable": ident.durable,
                 "store": self._adapter.name,
                 "metric": self._adapter.metric,
                 "n_moved": len(moved_ids),
@@ -605,10 +941,14 @@ class NudgeEmbeddingFinetuner:
         )
         try:
             self._adapter.write_vectors(ids, targets, batch_size=self.write_batch_size)
+            if self.persist_dir is not None:
+                self._persist()
         except Exception as exc:
             rolled = ""
             try:
                 self._adapter.write_vectors(ids, originals, batch_size=self.write_batch_size)
+                if self.persist_dir is not None:
+                    self._persist()
                 journal.mark("reverted", error=str(exc))
                 rolled = "; the originals were written back, the store is as before"
             except Exception as exc2:  # the store is still failing: leave the journal open
@@ -619,7 +959,7 @@ class NudgeEmbeddingFinetuner:
             msg = f"writing vectors to the {self._adapter.name} store failed ({exc}){rolled}"
             raise WriteBackError(msg) from exc
         journal.mark("applied")
-        return bool(moved_ids)
+        return back
 
 
 def _report_metrics(s_unit: np.ndarray, val: QuerySet, acc: UnmovedTopK) -> MetricMeans:
@@ -641,6 +981,13 @@ def _progress(it: Any, show: bool, total: int, desc: str) -> Any:
     except ImportError:  # pragma: no cover
         return it
     return tqdm(it, desc=f"{desc} ({total} records)", unit="page")
+
+
+def _user() -> str:
+    try:
+        return str(os.getuid())
+    except AttributeError:  # pragma: no cover - Windows
+        return os.environ.get("USERNAME", "user")
 
 
 def _run_sync(coro: Any) -> Any:

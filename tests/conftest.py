@@ -13,6 +13,14 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("NUDGE_RAG_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
+@pytest.fixture(autouse=True)
+def _state_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Fine-tuning state goes to a temporary folder, never the user's data folder."""
+    home = tmp_path_factory.mktemp("nudge_rag_home")
+    monkeypatch.setenv("NUDGE_RAG_HOME", str(home))
+    return home
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """../shared/data beside the repository (real data for slow tests), or skip."""
