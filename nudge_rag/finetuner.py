@@ -33,6 +33,7 @@ from nudge_rag.errors import (
     ConfigError,
     DimensionMismatchError,
     MetricError,
+    QueryGenerationError,
     StateError,
     WriteBackError,
 )
@@ -55,6 +56,10 @@ logger = logging.getLogger(__name__)
 Method = Literal["nudge-n", "nudge-m"]
 TrainingPairs = list[tuple[str, dict[str, float]]]
 REPORT_K = 10
+#: Median cosine between stored vectors and the model's embedding of their texts below which
+#: the model is taken for another one (a header of metadata in the embedded text costs ~0.1;
+#: another model of the same width gives ~0).
+MODEL_CHECK_COSINE = 0.5
 
 
 # ---------------------------------------------------------------------------------------------
@@ -372,6 +377,10 @@ class NudgeEmbeddingFinetuner:
         lock_timeout: How long to wait for another fine-tune or revert of the same store: ``0``
             (default) raises :class:`~nudge_rag.errors.StoreBusyError` at once, ``None`` waits
             for it to finish, a number waits up to that many seconds.
+        check_model: Before anything is written, embed a few stored chunks' texts with the
+            embedding model and compare with their stored vectors: a model other than the one
+            that built the store (another model of the same width) is refused, since NUDGE would
+            move records toward queries embedded in another space.
         page_size: Records read per page.
         write_batch_size: Records written per call to the store.
         max_concurrency: Queries embedded concurrently.
@@ -397,6 +406,7 @@ class NudgeEmbeddingFinetuner:
     persist_dir: str | os.PathLike[str] | None = None
     state_dir: str | os.PathLike[str] | None = None
     lock_timeout: float | None = 0.0
+    check_model: bool = True
     page_size: int = 1000
     write_batch_size: int = 500
     max_concurrency: int = 16
@@ -448,7 +458,13 @@ class NudgeEmbeddingFinetuner:
             raise MetricError(msg)
 
     # ------------------------------------------------------------------ public API
-    def finetune(self, train_queries: Any = None, *, similarity_top_k: int | None = None) -> Any:
+    def finetune(
+        self,
+        train_queries: Any = None,
+        *,
+        similarity_top_k: int | None = None,
+        retriever_kwargs: Mapping[str, Any] | None = None,
+    ) -> Any:
         """Fine-tune the stored vectors on ``train_queries`` and return a retriever.
 
         Args:
@@ -457,6 +473,7 @@ class NudgeEmbeddingFinetuner:
                 or the path of its JSON file. ``None``: write them from the stored chunks with
                 ``llm`` (or the offline generator) first; see :meth:`agenerate_queries`.
             similarity_top_k: ``k`` of the returned retriever (overrides the constructor's).
+            retriever_kwargs: Passed to the framework's ``as_retriever`` (see :meth:`retriever`).
 
         Returns:
             The framework's own retriever over the fine-tuned store (LlamaIndex
@@ -465,10 +482,20 @@ class NudgeEmbeddingFinetuner:
             that keeps no texts (pass its ``VectorStoreIndex`` to get a retriever).
             :attr:`report` says what happened.
         """
-        return _run_sync(self.afinetune(train_queries, similarity_top_k=similarity_top_k))
+        return _run_sync(
+            self.afinetune(
+                train_queries,
+                similarity_top_k=similarity_top_k,
+                retriever_kwargs=retriever_kwargs,
+            )
+        )
 
     async def afinetune(
-        self, train_queries: Any = None, *, similarity_top_k: int | None = None
+        self,
+        train_queries: Any = None,
+        *,
+        similarity_top_k: int | None = None,
+        retriever_kwargs: Mapping[str, Any] | None = None,
     ) -> Any:
         """Async twin of :meth:`finetune`, for applications that already run an event loop."""
         if train_queries is None:
@@ -478,13 +505,16 @@ class NudgeEmbeddingFinetuner:
             msg = "train_queries is empty: NUDGE needs at least a few training queries"
             raise ConfigError(msg)
         pipe = self._resolve()
+        pairs = await asyncio.to_thread(self._expand_ids, pairs, pipe)
+        if self.check_model:
+            await self._check_model(pipe, sorted({i for _, ans in pairs for i in ans}))
         times: dict[str, float] = {}
         t = time.perf_counter()
         q = np.asarray(await pipe.embed_queries([p[0] for p in pairs]))
         times["embed"] = time.perf_counter() - t
         self.report = await asyncio.to_thread(self._finetune_locked, pairs, q, times)
         logger.info("%s", self.report.summary())
-        retriever = self.retriever(similarity_top_k)
+        retriever = self.retriever(similarity_top_k, **dict(retriever_kwargs or {}))
         if retriever is None:
             logger.warning(
                 "the %s store keeps no texts (they live in the index's docstore): the vectors are "
@@ -641,24 +671,45 @@ class NudgeEmbeddingFinetuner:
             return texts
 
         chunks = await asyncio.to_thread(read)
+        llm = self.llm
+        if llm is None:
+            pipe = self._pipeline_or_none()
+            llm = pipe.default_llm if pipe is not None else None  # LlamaIndex Settings.llm
+            if llm is not None:
+                logger.info("writing training queries with Settings.llm (%s)", type(llm).__name__)
+        cache = self.query_cache
+        if cache is None and llm is not None:
+            # LLM calls cost money: keep their answers with the store's state, so that a second
+            # finetune() (or one after a crash) pays only for chunks it has not seen.
+            cache = self.state_path / "queries.jsonl"
+            cache.parent.mkdir(parents=True, exist_ok=True)
         self.generated = await agenerate_queries(
             chunks,
-            self.llm,
+            llm,
             queries_per_chunk=self.queries_per_chunk,
             seed=self.seed,
             max_concurrency=self.max_concurrency,
-            cache_path=None if self.query_cache is None else str(self.query_cache),
+            cache_path=None if cache is None else str(cache),
             show_progress=self.show_progress,
         )
+        _check_generated(self.generated, len(chunks))
         return self.generated
 
-    def retriever(self, similarity_top_k: int | None = None) -> Any:
-        """The framework's own retriever over the (fine-tuned) store."""
+    def retriever(self, similarity_top_k: int | None = None, **kwargs: Any) -> Any:
+        """The framework's own retriever over the (fine-tuned) store.
+
+        Args:
+            similarity_top_k: ``k`` (default: the constructor's, else the framework's).
+            **kwargs: Passed to the framework's ``as_retriever``: LlamaIndex ``filters``,
+                ``vector_store_query_mode``, ...; LangChain ``search_type`` and
+                ``search_kwargs`` (``filter``, ``score_threshold``, ``fetch_k``; ``k`` is
+                set from ``similarity_top_k``).
+        """
         pipe = self._resolve()
         k = similarity_top_k if similarity_top_k is not None else self.similarity_top_k
         if pipe.make_retriever is None:
             return self._adapter
-        return pipe.make_retriever(k)
+        return pipe.make_retriever(k, **kwargs)
 
     def revert(self) -> RevertReport:
         """Write the original vectors back wherever the store still holds one we wrote.
@@ -682,11 +733,15 @@ class NudgeEmbeddingFinetuner:
                 logger.warning("%s", note)
                 return RevertReport(0, 0.0, str(state_dir), note=note)
             if not state.active:
-                note = f"the fine-tuning state in {state_dir} is {state.status!r}: nothing to restore"
+                note = (
+                    f"the fine-tuning state in {state_dir} is {state.status!r}: nothing to restore"
+                )
                 return RevertReport(0, 0.0, str(state_dir), note=note)
             tol = self._tolerance()
             missing = set(self._adapter._missing(list(state.ids))) if state.ids else set()
-            rows = np.array([r for r, i in enumerate(state.ids) if i not in missing], dtype=np.int64)
+            rows = np.array(
+                [r for r, i in enumerate(state.ids) if i not in missing], dtype=np.int64
+            )
             present = [state.ids[r] for r in rows]
             cur = self._get_vectors(present, state.originals.shape[1])
             ours = state.ours(rows, cur, tol)
@@ -807,6 +862,93 @@ class NudgeEmbeddingFinetuner:
                 self.store, self.embed_model, max_concurrency=self.max_concurrency
             )
         return self._pipeline
+
+    def _pipeline_or_none(self) -> Pipeline | None:
+        try:
+            return self._resolve()
+        except ConfigError:
+            return None
+
+    def __repr__(self) -> str:
+        return (
+            f"NudgeEmbeddingFinetuner(store={self._adapter.name!r}, method={self.method!r}, "
+            f"gamma={self.gamma!r}, store_id={self.identity.key!r})"
+        )
+
+    def _expand_ids(self, pairs: TrainingPairs, pipe: Pipeline) -> TrainingPairs:
+        """Answer ids that are not record ids but stand for several (LlamaIndex source document
+        ids, ``ref_doc_id``) become the ids of their records, with the same grade."""
+        if pipe.expand_ids is None:
+            return pairs
+        named = sorted({i for _, ans in pairs for i in ans})
+        missing = self._adapter._missing(named)
+        if not missing:
+            return pairs
+        expanded = pipe.expand_ids(missing)
+        if not expanded:
+            return pairs
+        logger.info("%d source document id(s) stand for their nodes", len(expanded))
+        out: TrainingPairs = []
+        for text, ans in pairs:
+            grades: dict[str, float] = {}
+            for rid, g in ans.items():
+                for node in expanded.get(rid, [rid]):
+                    grades[node] = max(grades.get(node, 0.0), g)
+            out.append((text, grades))
+        return out
+
+    async def _check_model(self, pipe: Pipeline, ids: list[str], n: int = 8) -> None:
+        """Refuse an embedding model that is not the one that built the store.
+
+        A few records the queries answer are re-embedded from their stored text with the
+        document-side call; their stored vectors (originals, where a fine-tune moved them) must
+        point the same way. Another model of the same width gives unrelated directions.
+        """
+        if pipe.embed_documents is None or not ids:
+            return
+        sample = (
+            ids[: max(1, n)]
+            if len(ids) <= n
+            else [ids[int(i)] for i in np.linspace(0, len(ids) - 1, n)]
+        )
+        absent = set(self._adapter._missing(sample))  # named by _read, with the whole list
+        sample = [i for i in sample if i not in absent]
+        if not sample:
+            return
+        page = await asyncio.to_thread(self._adapter.get, sample)
+        have = [(j, t) for j, t in enumerate(page.texts) if t]
+        if not have:
+            return
+        stored = np.asarray(page.embeddings, dtype=np.float64)[[j for j, _ in have]]
+        state = FinetuneState.load(self.state_path) if self.state_path.exists() else None
+        if state is not None and state.active:
+            rows = state.row_of()
+            for k, (j, _) in enumerate(have):
+                r = rows.get(page.ids[j])
+                if r is not None:
+                    stored[k] = state.originals[r]
+        emb = np.asarray(await pipe.embed_documents([t for _, t in have]), dtype=np.float64)
+        if emb.shape != stored.shape:
+            msg = (
+                f"the {self._adapter.name} store holds vectors of width {stored.shape[1]} but the "
+                f"embedding model gives {emb.shape[-1]}: is embed_model ({pipe.model_name}) the "
+                "one that built the store?"
+            )
+            raise DimensionMismatchError(msg)
+        en = np.linalg.norm(emb, axis=1)
+        sn = np.linalg.norm(stored, axis=1)
+        cos = np.sum(emb * stored, axis=1) / np.maximum(en * sn, 1e-30)  # a zero row: 0
+        median = float(np.median(cos))
+        if median < MODEL_CHECK_COSINE:
+            msg = (
+                f"the embedding model ({pipe.model_name}) does not look like the model that built "
+                f"the {self._adapter.name} store: re-embedding {len(have)} stored chunks gives "
+                f"vectors at median cosine {median:.2f} from the stored ones (the same model "
+                f"gives ~1.0). Training queries embedded by another model would move records "
+                "the wrong way: pass the store's own model as embed_model (or check_model=False "
+                "if its stored texts are not what was embedded)"
+            )
+            raise ConfigError(msg)
 
     def _read(
         self, s_ids: list[str], val: QuerySet | None, state: FinetuneState | None, dim: int, k: int
@@ -935,6 +1077,8 @@ class NudgeEmbeddingFinetuner:
                 "durable": ident.durable,
                 "store": self._adapter.name,
                 "metric": self._adapter.metric,
+                "model": self._pipeline.model_name if self._pipeline is not None else "",
+                "dim": d,
                 "n_moved": len(moved_ids),
                 **info,
             },
@@ -981,6 +1125,37 @@ def _progress(it: Any, show: bool, total: int, desc: str) -> Any:
     except ImportError:  # pragma: no cover
         return it
     return tqdm(it, desc=f"{desc} ({total} records)", unit="page")
+
+
+def _check_generated(ds: Any, n_chunks: int) -> None:
+    """Refuse generated questions that a broken or echoing LLM wrote: the same question for many
+    chunks (questions must be about their chunk), or nothing at all."""
+    queries: Mapping[str, str] = getattr(ds, "queries", {}) or {}
+    rel: Mapping[str, Any] = getattr(ds, "relevant_docs", {}) or {}
+    if not queries:
+        stats = getattr(ds, "stats", None)
+        msg = (
+            f"query generation gave no question for the {n_chunks} chunks"
+            + (f" ({stats})" if stats is not None else "")
+            + ": check the LLM (its answers, its credentials); nothing was written"
+        )
+        raise QueryGenerationError(msg, chunk_id="")
+    chunks_of: dict[str, set[str]] = {}
+    for qid, text in queries.items():
+        key = " ".join(str(text).lower().split())
+        chunks_of.setdefault(key, set()).update(str(c) for c in rel.get(qid, []))
+    shared = {k: v for k, v in chunks_of.items() if len(v) > 1}
+    n_shared = sum(len(v) for v in shared.values())
+    n_chunks_with = len({c for v in chunks_of.values() for c in v})
+    if shared and n_shared > max(2, n_chunks_with // 4):
+        example = max(shared, key=lambda k: len(shared[k]))
+        msg = (
+            f"the LLM wrote the same question for several chunks ({len(shared)} question(s) "
+            f"shared by {n_shared} chunk answers, e.g. {example[:80]!r} for {len(shared[example])} "
+            "chunks): is it echoing the prompt or broken? Questions must be about their own "
+            "chunk; nothing was written"
+        )
+        raise QueryGenerationError(msg, chunk_id=sorted(shared[example])[0])
 
 
 def _user() -> str:

@@ -44,24 +44,41 @@ def test_core_imports_numpy_and_stdlib_only():
 
 
 def test_public_names():
+    # The nouns a user needs; streaming internals (UnmovedTopK, ...) stay in nudge_rag.core.
     assert set(nudge_rag.__all__) == {
-        "BestUnmovedScores",
+        "Comparison",
+        "EvaluationResult",
         "FinetuneReport",
         "NudgeEmbeddingFinetuner",
         "NudgeError",
         "NudgeM",
         "NudgeN",
         "NudgeResult",
+        "QADataset",
         "QuerySet",
-        "UnmovedTopK",
+        "RevertReport",
         "ValidationCurve",
         "__version__",
+        "aevaluate",
+        "agenerate_queries",
+        "compare",
         "evaluate",
         "generate_queries",
-        "validation_split",
     }
     for name in nudge_rag.__all__:
         assert getattr(nudge_rag, name) is not None
+
+
+def test_the_package_is_typed_and_silent_by_default():
+    from pathlib import Path
+
+    assert (Path(nudge_rag.__file__).parent / "py.typed").is_file()
+    code = (
+        "import logging, nudge_rag\n"
+        "logging.getLogger('nudge_rag.finetuner').warning('hello')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stderr == ""  # a NullHandler: no "last resort" printing to stderr
 
 
 def test_error_tree():

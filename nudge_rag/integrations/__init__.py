@@ -16,7 +16,14 @@ import numpy as np
 
 from nudge_rag.errors import ConfigError
 
-__all__ = ["Pipeline", "QueryEmbedder", "framework_of", "resolve_pipeline"]
+__all__ = [
+    "Pipeline",
+    "QueryEmbedder",
+    "document_embedder",
+    "framework_of",
+    "model_name",
+    "resolve_pipeline",
+]
 
 QueryEmbedder = Callable[[Sequence[str]], Awaitable[np.ndarray]]
 
@@ -39,13 +46,70 @@ class Pipeline:
         framework: ``"llamaindex"``, ``"langchain"`` or ``"none"`` (a bare adapter or client).
         store: The object whose vectors are fine-tuned (an index, a vector store, a collection).
         embed_queries: Async ``texts -> (n, d)`` with the pipeline's query-side embedding call.
-        make_retriever: ``k -> retriever`` of the framework's own type (None when no framework).
+        make_retriever: ``(k, **kwargs) -> retriever`` of the framework's own type (None when no
+            framework); the keyword arguments go to the framework's ``as_retriever``.
+        embed_documents: Async ``texts -> (n, d)`` with the document-side call (None if unknown).
+        model_name: A name for the embedding model (recorded with the state).
+        default_llm: The framework's configured LLM (LlamaIndex ``Settings.llm`` when set).
+        expand_ids: Maps ids that are not record ids (LlamaIndex ``ref_doc_id``) to the record
+            ids they stand for (None where the framework has no such ids).
     """
 
     framework: str
     store: Any
     embed_queries: QueryEmbedder
-    make_retriever: Callable[[int | None], Any] | None
+    make_retriever: Callable[..., Any] | None
+    embed_documents: QueryEmbedder | None = None
+    model_name: str = ""
+    default_llm: Any = None
+    expand_ids: Callable[[list[str]], dict[str, list[str]]] | None = None
+
+
+def model_name(model: Any) -> str:
+    """A readable name for an embedding model: its ``model_name`` / ``model`` / ``model_id``
+    attribute where it has one, else its class."""
+    inner = getattr(model, "_inner", None) or getattr(model, "inner", None)
+    for obj in (model, inner):
+        for attr in ("model_name", "model", "model_id"):
+            v = getattr(obj, attr, None)
+            if isinstance(v, str) and v:
+                return v
+    return type(model).__name__
+
+
+def document_embedder(model: Any, method: str | None, max_concurrency: int) -> QueryEmbedder | None:
+    """The document-side twin of :func:`framework_query_embedder` (None when there is none)."""
+    inner = getattr(model, "_inner", None) or getattr(model, "inner", None)
+    target = inner if inner is not None and hasattr(inner, "embed_documents") else model
+    if hasattr(target, "embed_documents") and (target is inner or method is None):
+
+        async def run_ours(texts: Sequence[str]) -> np.ndarray:
+            return np.asarray(await asyncio.to_thread(target.embed_documents, list(texts)))
+
+        return run_ours
+    if hasattr(model, "embed") and method is None:  # nudge_rag.testing.BagOfWordsEmbedder
+
+        async def run_embed(texts: Sequence[str]) -> np.ndarray:
+            return np.asarray(model.embed(list(texts)))
+
+        return run_embed
+    if method is None or not hasattr(model, method):
+        return None
+    call = getattr(model, method)
+
+    async def run(texts: Sequence[str]) -> np.ndarray:
+        if method == "aembed_documents":
+            return np.asarray(await call(list(texts)), dtype=np.float32)
+        sem = asyncio.Semaphore(max_concurrency)
+
+        async def one(t: str) -> Any:
+            async with sem:
+                return await call(t)
+
+        out = await asyncio.gather(*(one(t) for t in texts))
+        return np.asarray(out, dtype=np.float32).reshape(len(texts), -1)
+
+    return run
 
 
 def _generic_embedder(model: Any, max_concurrency: int) -> QueryEmbedder:
@@ -103,15 +167,37 @@ def resolve_pipeline(obj: Any, embed_model: Any = None, *, max_concurrency: int 
         )
         raise ConfigError(msg)
     emb_fw = framework_of(embed_model)
+    name = model_name(embed_model)
     if emb_fw == "llamaindex":
         from nudge_rag.integrations import llamaindex
 
-        return Pipeline("none", obj, llamaindex.query_embedder(embed_model, max_concurrency), None)
+        return Pipeline(
+            "none",
+            obj,
+            llamaindex.query_embedder(embed_model, max_concurrency),
+            None,
+            document_embedder(embed_model, "aget_text_embedding", max_concurrency),
+            name,
+        )
     if emb_fw == "langchain":
         from nudge_rag.integrations import langchain
 
-        return Pipeline("none", obj, langchain.query_embedder(embed_model, max_concurrency), None)
-    return Pipeline("none", obj, _generic_embedder(embed_model, max_concurrency), None)
+        return Pipeline(
+            "none",
+            obj,
+            langchain.query_embedder(embed_model, max_concurrency),
+            None,
+            document_embedder(embed_model, "aembed_documents", max_concurrency),
+            name,
+        )
+    return Pipeline(
+        "none",
+        obj,
+        _generic_embedder(embed_model, max_concurrency),
+        None,
+        document_embedder(embed_model, None, max_concurrency),
+        name,
+    )
 
 
 def framework_query_embedder(

@@ -9,8 +9,10 @@ from nudge_rag.errors import ConfigError, require
 from nudge_rag.integrations import (
     Pipeline,
     QueryEmbedder,
+    document_embedder,
     framework_of,
     framework_query_embedder,
+    model_name,
 )
 
 __all__ = ["as_langchain_embeddings", "pipeline", "query_embedder"]
@@ -42,10 +44,21 @@ def pipeline(obj: Any, embed_model: Any = None, *, max_concurrency: int = 16) ->
         msg = f"embed_model for a LangChain store must be a LangChain Embeddings or one of ours; received {type(model).__name__}"
         raise ConfigError(msg)
 
-    def make_retriever(k: int | None) -> Any:
-        return obj.as_retriever(search_kwargs={} if k is None else {"k": k})
+    def make_retriever(k: int | None, **kwargs: Any) -> Any:
+        search_kwargs = dict(kwargs.pop("search_kwargs", None) or {})
+        if k is not None:
+            search_kwargs["k"] = k
+        return obj.as_retriever(search_kwargs=search_kwargs, **kwargs)
 
-    return Pipeline("langchain", obj, query_embedder(model, max_concurrency), make_retriever)
+    method = "aembed_documents" if _is_embeddings(model) else None
+    return Pipeline(
+        "langchain",
+        obj,
+        query_embedder(model, max_concurrency),
+        make_retriever,
+        document_embedder(model, method, max_concurrency),
+        model_name(model),
+    )
 
 
 def as_langchain_embeddings(embedder: Any) -> Any:

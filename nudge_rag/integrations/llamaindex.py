@@ -9,8 +9,10 @@ from nudge_rag.errors import ConfigError, require
 from nudge_rag.integrations import (
     Pipeline,
     QueryEmbedder,
+    document_embedder,
     framework_of,
     framework_query_embedder,
+    model_name,
 )
 
 __all__ = ["as_llamaindex_embedding", "pipeline", "query_embedder"]
@@ -30,24 +32,36 @@ def query_embedder(model: Any, max_concurrency: int = 16) -> QueryEmbedder:
 
 
 def pipeline(obj: Any, embed_model: Any = None, *, max_concurrency: int = 16) -> Pipeline:
-    """A LlamaIndex ``VectorStoreIndex`` or vector store, as the finetuner sees it."""
+    """A LlamaIndex ``VectorStoreIndex`` or vector store, as the finetuner sees it.
+
+    The embedding model is ``embed_model``, else the index's own, else ``Settings.embed_model``
+    when the application set one; ``Settings.llm``, when set, is the default LLM for query
+    generation.
+    """
     require("llama_index.core", "llamaindex")
+    from llama_index.core import Settings
+
     is_index = any(c.__name__ == "VectorStoreIndex" for c in type(obj).__mro__)
     model = embed_model
     if model is None and is_index:
         model = getattr(obj, "_embed_model", None)
     if model is None:
+        # The private attribute: the public property builds OpenAI's model when none was set.
+        model = getattr(Settings, "_embed_model", None)
+    if model is None:
         msg = (
             f"a bare LlamaIndex {type(obj).__name__} carries no embedding model: pass "
-            "embed_model= (the one that embedded the stored nodes), or pass the VectorStoreIndex"
+            "embed_model= (the one that embedded the stored nodes), set "
+            "llama_index.core.Settings.embed_model, or pass the VectorStoreIndex"
         )
         raise ConfigError(msg)
     if framework_of(model) not in (None, "llamaindex"):
         msg = f"embed_model for a LlamaIndex store must be a LlamaIndex BaseEmbedding or one of ours; received {type(model).__name__}"
         raise ConfigError(msg)
 
-    def make_retriever(k: int | None) -> Any:
-        kwargs = {} if k is None else {"similarity_top_k": k}
+    def make_retriever(k: int | None, **kwargs: Any) -> Any:
+        if k is not None:
+            kwargs["similarity_top_k"] = k
         if is_index:
             return obj.as_retriever(**kwargs)
         from llama_index.core import VectorStoreIndex
@@ -57,7 +71,29 @@ def pipeline(obj: Any, embed_model: Any = None, *, max_concurrency: int = 16) ->
         index = VectorStoreIndex.from_vector_store(obj, embed_model=model)
         return index.as_retriever(**kwargs)
 
-    return Pipeline("llamaindex", obj, query_embedder(model, max_concurrency), make_retriever)
+    expand = None
+    if is_index:
+
+        def expand(ids: list[str]) -> dict[str, list[str]]:
+            """Source document ids (``ref_doc_id``) to the ids of their nodes."""
+            out: dict[str, list[str]] = {}
+            for i in ids:
+                info = obj.docstore.get_ref_doc_info(i)
+                if info is not None and info.node_ids:
+                    out[i] = [str(n) for n in info.node_ids]
+            return out
+
+    method = "aget_text_embedding" if _is_base_embedding(model) else None
+    return Pipeline(
+        "llamaindex",
+        obj,
+        query_embedder(model, max_concurrency),
+        make_retriever,
+        document_embedder(model, method, max_concurrency),
+        model_name(model),
+        getattr(Settings, "_llm", None),
+        expand,
+    )
 
 
 def as_llamaindex_embedding(embedder: Any, *, model_name: str | None = None) -> Any:

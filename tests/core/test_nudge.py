@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from conftest import clustered_problem
 
-from nudge_rag import NudgeM, NudgeN, QuerySet, UnmovedTopK, validation_split
+from nudge_rag import NudgeM, NudgeN, QuerySet
+from nudge_rag.core import UnmovedTopK, validation_split
 from nudge_rag.errors import ConfigError, NonFiniteError, ShapeError
 
 SEEDS = [0, 1, 2, 3, 4]
