@@ -45,6 +45,7 @@ import numpy as np
 
 from nudge_rag._faults import checkpoint
 from nudge_rag.errors import StateError, StoreBusyError
+from nudge_rag.persist import atomic_write_bytes, fsync_dir
 
 __all__ = [
     "FinetuneState",
@@ -92,28 +93,12 @@ def state_dir_for(identity_key: str) -> Path:
 # ---------------------------------------------------------------------------------------------
 # Files
 # ---------------------------------------------------------------------------------------------
-def _fsync_dir(path: Path) -> None:
-    if sys.platform == "win32":  # pragma: no cover - directories cannot be opened there
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_file(path: Path, data: bytes) -> None:
+    """A new file inside a generation's temporary folder (made durable by fsync)."""
     with open(path, "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    _write_file(tmp, data)
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 def _npy_bytes(arr: np.ndarray) -> bytes:
@@ -407,11 +392,11 @@ class FinetuneState:
             "updated": time.time(),
         }
         _write_file(tmp / "manifest.json", json.dumps(man, indent=2).encode("utf-8"))
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         os.rename(tmp, d / name)
-        _fsync_dir(d)
+        fsync_dir(d)
         checkpoint("journal.switch")
-        _atomic_write(d / "CURRENT", (name + "\n").encode("ascii"))
+        atomic_write_bytes(d / "CURRENT", (name + "\n").encode("ascii"))
         checkpoint("journal.switched")
         for old in d.iterdir():
             m = _GEN.match(old.name)
@@ -431,7 +416,7 @@ class FinetuneState:
         """Change this generation's status (one atomic replace of its manifest)."""
         checkpoint("journal.mark")
         self.manifest = {**self.manifest, **extra, "status": status, "updated": time.time()}
-        _atomic_write(
+        atomic_write_bytes(
             self.generation / "manifest.json",
             json.dumps(self.manifest, indent=2).encode("utf-8"),
         )
