@@ -150,11 +150,19 @@ class VectorStoreAdapter(abc.ABC):
             keeps the unit vector; Chroma in cosine space normalises internally and hands back
             the written vector to within ~1e-7 relative. Write unit vectors to such a store (they
             read back within 1e-7); every other store keeps vectors exactly as written.
+        exact_search: True when the store's own search is exact (a flat scan: FAISS flat, the
+            in-memory stores, Qdrant's local mode, tables without a vector index); False when it
+            is approximate (HNSW, IVF, ...), so that ``search`` and ``top_scores`` may miss a
+            record a full scan would rank in.
+        l2_squared: For an l2 store, whether the distance its search reports is squared (Chroma,
+            FAISS, Milvus, LanceDB) or not (Qdrant, pgvector); ``search`` scores are minus it.
     """
 
     name: str
     metric: Metric
     normalizes_on_write: bool = False
+    exact_search: bool = True
+    l2_squared: bool = True
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name} metric={self.metric}>"
@@ -264,6 +272,109 @@ class VectorStoreAdapter(abc.ABC):
     def _search(self, query: np.ndarray, k: int) -> list[tuple[str, float]]:
         """Native k-NN on a checked query."""
 
+    def top_scores(
+        self, queries: np.ndarray, k: int, exclude: Sequence[str] = ()
+    ) -> np.ndarray:
+        """The best ``k`` scores of each query among the records not in ``exclude``.
+
+        The store runs the search (where the data lives), excluding the records inside the query
+        where it can (a SQL ``WHERE``, a filter expression), so only ``n_queries × k`` numbers
+        come back. Scores are converted to the dot product of unit vectors whatever the metric:
+        cosine as is, dot as is, l2 as ``1 - d²/2`` (``d²`` the squared distance), which is the
+        cosine of the two vectors when both are unit length (what NUDGE-N keeps).
+
+        Args:
+            queries: ``(n_queries, dim)`` array of unit query vectors.
+            k: How many scores per query.
+            exclude: Record ids left out of the search (ids the store does not hold are ignored).
+
+        Returns:
+            ``(n_queries, k)`` float32 array, best first in each row, padded with ``-inf`` where
+            the store holds fewer than ``k`` records outside ``exclude``. On an approximate
+            store (``exact_search`` False) a row can miss a record a full scan would include.
+        """
+        q = self._check_queries(queries)
+        if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+            msg = f"k: expected a positive int, received {k!r}"
+            raise ConfigError(msg)
+        if isinstance(exclude, str):
+            msg = "exclude: expected a sequence of ids, received a single str"
+            raise NudgeInputError(msg)
+        k = int(k)
+        out = np.full((q.shape[0], k), -np.inf, dtype=np.float32)
+        if q.shape[0] == 0 or self.count() == 0:
+            return out
+        hits = self._top_hits(q, k, list(dict.fromkeys(str(i) for i in exclude)))
+        for row, found in enumerate(hits):
+            scores = np.sort(np.asarray([s for _, s in found[:k]], dtype=np.float32))[::-1]
+            out[row, : len(scores)] = scores
+        return out
+
+    def _top_hits(
+        self, queries: np.ndarray, k: int, exclude: list[str]
+    ) -> list[list[tuple[str, float]]]:
+        """Per query, up to ``k`` (id, unit dot product) pairs outside ``exclude``, best first.
+
+        The generic way: ask the store's own search for ``k + len(exclude)`` records (at most
+        all of them), drop the excluded ones, and ask for more when a query still runs short (an
+        approximate search can return fewer than asked). Adapters whose store can exclude inside
+        the query override this.
+        """
+        total = self.count()
+        skip = set(exclude)
+        out: list[list[tuple[str, float]]] = []
+        for query in queries:
+            want = min(k + len(skip), total)
+            while True:
+                hits = self._search(query, want)
+                kept = [(i, s) for i, s in hits if i not in skip]
+                if len(kept) >= k or want >= total:
+                    break
+                want = min(total, max(2 * want, want + k))
+            out.append(self._as_unit_dot(kept[:k]))
+        return out
+
+    def _as_unit_dot(self, hits: list[tuple[str, float]]) -> list[tuple[str, float]]:
+        """``search`` scores as dot products of unit vectors (see ``top_scores``), best first."""
+        if self.metric != "l2":
+            pairs = [(i, float(s)) for i, s in hits]
+        elif self.l2_squared:
+            pairs = [(i, 1.0 + float(s) / 2.0) for i, s in hits]  # s = -d²
+        else:
+            pairs = [(i, 1.0 - float(s) * float(s) / 2.0) for i, s in hits]  # s = -d
+        return sorted(pairs, key=lambda p: -p[1])
+
+    def _scan_top_hits(
+        self, queries: np.ndarray, k: int, exclude: list[str], page_size: int = 2000
+    ) -> list[list[tuple[str, float]]]:
+        """Exact top hits by reading every record page by page (for a ``k`` past what the
+        store's own search can return). Memory: one page and ``n_queries × k`` best scores."""
+        skip = set(exclude)
+        q = np.asarray(queries, dtype=np.float64)
+        best_s = np.full((q.shape[0], 0), -np.inf)
+        best_i = np.zeros((q.shape[0], 0), dtype=object)
+        for page in self.iter_pages(page_size, with_documents=False):
+            keep = [j for j, i in enumerate(page.ids) if i not in skip]
+            if not keep:
+                continue
+            x = np.asarray(page.embeddings[keep], dtype=np.float64)
+            if self.metric == "cosine":
+                x = x / np.linalg.norm(x, axis=1, keepdims=True)
+            s = q @ x.T
+            if self.metric == "l2":
+                d2 = (q * q).sum(1)[:, None] + (x * x).sum(1)[None, :] - 2.0 * s
+                s = 1.0 - d2 / 2.0
+            ids = np.asarray([page.ids[j] for j in keep], dtype=object)
+            all_s = np.concatenate([best_s, s], axis=1)
+            all_i = np.concatenate([best_i, np.broadcast_to(ids, s.shape)], axis=1)
+            order = np.argsort(-all_s, axis=1, kind="stable")[:, :k]
+            best_s = np.take_along_axis(all_s, order, axis=1)
+            best_i = np.take_along_axis(all_i, order, axis=1)
+        return [
+            [(str(i), float(s)) for i, s in zip(ids_row, s_row, strict=True)]
+            for ids_row, s_row in zip(best_i, best_s, strict=True)
+        ]
+
     # -- shared checks ------------------------------------------------------------------------
 
     def _check_write(
@@ -314,6 +425,25 @@ class VectorStoreAdapter(abc.ABC):
                 )
                 raise ZeroVectorError(msg)
         return ids, arr
+
+    def _check_queries(self, queries: np.ndarray) -> np.ndarray:
+        q = np.asarray(queries)
+        if q.ndim != 2:
+            msg = f"queries: expected a 2-D array (n_queries, d), received shape {q.shape}"
+            raise ShapeError(msg)
+        if not np.issubdtype(q.dtype, np.floating):
+            msg = f"queries: expected a float array, received dtype {q.dtype}"
+            raise NudgeInputError(msg)
+        if q.shape[0] == 0:
+            return q.reshape(0, q.shape[1])
+        d = self.dim()
+        if q.shape[1] != d:
+            msg = f"queries: expected width {d} (the store's), received {q.shape[1]}"
+            raise DimensionMismatchError(msg)
+        if not np.all(np.isfinite(q)):
+            msg = "queries: expected finite values, received NaN or inf"
+            raise NonFiniteError(msg)
+        return q
 
     def _check_page_size(self, page_size: int) -> int:
         if isinstance(page_size, bool) or not isinstance(page_size, int) or page_size < 1:

@@ -76,6 +76,8 @@ class ChromaAdapter(VectorStoreAdapter):
         name: Which store this is (``"llamaindex-chroma"``, ``"langchain-chroma"``, ``"chroma"``).
     """
 
+    exact_search = False  # Chroma searches an HNSW graph
+
     def __init__(self, collection: Any, *, name: str = "chroma") -> None:
         self._col = collection
         self.name = name

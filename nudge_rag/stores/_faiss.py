@@ -84,6 +84,7 @@ class FaissFlatAdapter(VectorStoreAdapter):
     """
 
     normalizes_on_write = False
+    exact_search = True  # flat indexes only
 
     def __init__(
         self,

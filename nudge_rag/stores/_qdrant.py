@@ -38,6 +38,7 @@ __all__ = ["QdrantAdapter", "langchain_payload_docs", "llamaindex_payload_docs"]
 
 _DISTANCES: dict[str, Metric] = {"Cosine": "cosine", "Dot": "dot", "Euclid": "l2"}
 _ID_CHUNK = 1000
+_QUERY_BATCH = 64
 
 PayloadDocs = Callable[[dict], tuple[str | None, dict]]
 
@@ -96,6 +97,8 @@ def _point_id(id_: str) -> int | str | None:
 
 class QdrantAdapter(VectorStoreAdapter):
     """One dense vector of the points of a Qdrant collection, read and written in place.
+
+    Searches report Qdrant's scores: cosine, dot, or the Euclidean distance (not squared).
 
     Args:
         client: A ``qdrant_client.QdrantClient`` (``":memory:"``, on-disk local, or server).
@@ -165,7 +168,11 @@ class QdrantAdapter(VectorStoreAdapter):
             raise StoreError(msg)
         self.metric = _DISTANCES[str(distance)]
         self.normalizes_on_write = self.metric == "cosine"
+        self.l2_squared = False  # Euclid scores are the distance itself
         self._dim = int(params.size)
+        # Local mode (":memory:" or a folder) scores every point; a server searches HNSW.
+        inner = getattr(client, "_client", client)
+        self.exact_search = type(inner).__name__ == "QdrantLocal"
 
     def identity(self) -> StoreIdentity:
         # Where the collection lives (an on-disk folder or a server) and its name. A collection
@@ -292,3 +299,30 @@ class QdrantAdapter(VectorStoreAdapter):
         )
         sign = -1.0 if self.metric == "l2" else 1.0
         return [(str(p.id), sign * float(p.score)) for p in res.points]
+
+    def _top_hits(
+        self, queries: np.ndarray, k: int, exclude: list[str]
+    ) -> list[list[tuple[str, float]]]:
+        # The excluded points are left out inside the query (must_not has_id), batched.
+        from qdrant_client import models
+
+        point_ids = [p for i in exclude if (p := _point_id(i)) is not None]
+        flt = (
+            models.Filter(must_not=[models.HasIdCondition(has_id=point_ids)])  # type: ignore[arg-type]
+            if point_ids
+            else None
+        )
+        sign = -1.0 if self.metric == "l2" else 1.0
+        out: list[list[tuple[str, float]]] = []
+        rows = np.asarray(queries, dtype=np.float32)
+        for start in range(0, len(rows), _QUERY_BATCH):
+            requests = [
+                models.QueryRequest(
+                    query=row.tolist(), using=self._vname, limit=k, filter=flt, with_payload=False
+                )
+                for row in rows[start : start + _QUERY_BATCH]
+            ]
+            for res in self._client.query_batch_points(self._collection, requests=requests):
+                hits = [(str(p.id), sign * float(p.score)) for p in res.points]
+                out.append(self._as_unit_dot(hits))
+        return out

@@ -192,3 +192,87 @@ def test_search_checks_the_query(case: Case) -> None:
         adapter.search(np.ones((1, adapter.dim()), dtype=np.float32), 3)
     with pytest.raises(NudgeInputError, match="k"):
         adapter.search(np.ones(adapter.dim(), dtype=np.float32), 0)
+
+
+def brute_force_scores(
+    adapter: VectorStoreAdapter, queries: np.ndarray
+) -> tuple[list[str], np.ndarray]:
+    """Every record's score for each query, as ``top_scores`` defines it, from the vectors read
+    out: (ids, (n_queries, n_records) unit dot products)."""
+    everything = read_all(adapter, with_documents=False)
+    x = everything.embeddings.astype(np.float64)
+    q = queries.astype(np.float64)
+    if adapter.metric == "cosine":
+        x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    s = q @ x.T
+    if adapter.metric == "l2":
+        s = 1.0 - ((q[:, None, :] - x[None, :, :]) ** 2).sum(-1) / 2.0
+    return everything.ids, s
+
+
+def test_top_scores_are_the_best_scores_outside_exclude(
+    case: Case, record_property: pytest.RecordProperty
+) -> None:
+    adapter = adapter_for(case.obj)
+    d = adapter.dim()
+    stored = adapter.get([case.ids[2], case.ids[9]]).embeddings.astype(np.float32)
+    queries = np.concatenate([stored, unit_rows(np.random.default_rng(11), 3, d)])
+    exclude = [case.ids[2], case.ids[9], case.ids[4], case.ids[15], "not-a-record-id"]
+    k = 6
+    got = adapter.top_scores(queries, k, exclude)
+    assert got.shape == (len(queries), k)
+    assert got.dtype == np.float32
+    assert np.all(np.diff(got, axis=1) <= 0)  # best first
+
+    ids, s = brute_force_scores(adapter, queries)
+    kept = [j for j, i in enumerate(ids) if i not in exclude]
+    want = -np.sort(-s[:, kept], axis=1)[:, :k]
+    hits = adapter._top_hits(queries, k, exclude)
+    assert all(i not in exclude for row in hits for i, _ in row)  # excluded never appear
+    # the records a query is its own vector of are excluded: it does not find itself (score 1)
+    assert np.all(got[:2, 0] < 1.0 - 1e-4)
+    if adapter.exact_search:
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+    else:  # approximate: how many of the true best k it found
+        found = np.isclose(got[:, :, None], want[:, None, :], rtol=0, atol=1e-5).any(axis=1)
+        recall = float(found.mean())
+        record_property("top_scores_recall", recall)
+        assert recall >= 0.8
+
+    # without exclusions a stored vector finds itself first
+    alone = adapter.top_scores(stored, 1)
+    np.testing.assert_allclose(alone[:, 0], 1.0, rtol=0, atol=1e-5)
+
+
+def test_top_scores_pad_with_minus_inf_past_the_records_there_are(case: Case) -> None:
+    adapter = adapter_for(case.obj)
+    q = unit_rows(np.random.default_rng(12), 2, adapter.dim())
+    exclude = case.ids[:5]
+    n = len(case.ids)
+    got = adapter.top_scores(q, n + 4, exclude)
+    assert got.shape == (2, n + 4)
+    assert np.all(np.isfinite(got[:, : n - 5]))
+    assert np.all(got[:, n - 5 :] == -np.inf)
+    ids, s = brute_force_scores(adapter, q)
+    kept = [j for j, i in enumerate(ids) if i not in exclude]
+    if adapter.exact_search:
+        np.testing.assert_allclose(got[:, : n - 5], -np.sort(-s[:, kept], axis=1), atol=1e-5)
+    assert adapter.top_scores(np.zeros((0, adapter.dim()), dtype=np.float32), 3).shape == (0, 3)
+
+
+def test_top_scores_checks_its_inputs(case: Case) -> None:
+    adapter = adapter_for(case.obj)
+    d = adapter.dim()
+    q = unit_rows(np.random.default_rng(13), 2, d)
+    with pytest.raises(DimensionMismatchError):
+        adapter.top_scores(np.ones((2, d + 1), dtype=np.float32), 3)
+    with pytest.raises(ShapeError):
+        adapter.top_scores(q[0], 3)
+    with pytest.raises(NudgeInputError, match="k"):
+        adapter.top_scores(q, 0)
+    with pytest.raises(NudgeInputError, match="exclude"):
+        adapter.top_scores(q, 3, case.ids[0])
+    bad = q.copy()
+    bad[1, 2] = np.inf
+    with pytest.raises(NonFiniteError):
+        adapter.top_scores(bad, 3)
