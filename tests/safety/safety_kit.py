@@ -435,3 +435,39 @@ def job_hold_lock(
     finally:
         conn.close()
         close_chroma_http(client)
+
+
+def job_user_changes(
+    kind: str,
+    root: str,
+    edit_id: str,
+    text: str,
+    meta: dict[str, Any],
+    delete_id: str | None = None,
+) -> dict[str, Any]:
+    """What a user does between two runs, through the framework, saved the framework's way:
+    ``edit_id`` gets a new text (so a new vector) and metadata, ``delete_id`` is deleted."""
+    opened = open_store(kind, root)
+    gone = [edit_id] + ([delete_id] if delete_id else [])
+    try:
+        obj = opened.obj
+        if kind in ("chroma", "simple"):
+            from llama_index.core.schema import TextNode
+
+            obj.delete_nodes(gone, delete_from_docstore=True)
+            obj.insert_nodes([TextNode(id_=edit_id, text=text, metadata=dict(meta))])
+            if kind == "simple":
+                obj.storage_context.persist(persist_dir=opened.persist_dir)
+        elif kind == "faiss":
+            obj.delete(gone)
+            obj.add_texts([text], metadatas=[dict(meta)], ids=[edit_id])
+            obj.save_local(opened.persist_dir)
+        elif kind == "qdrant":
+            if delete_id:
+                obj.delete([delete_id])
+            obj.add_texts([text], metadatas=[dict(meta)], ids=[edit_id])  # an upsert
+        else:
+            raise ValueError(kind)
+        return {}
+    finally:
+        opened.close()

@@ -275,3 +275,37 @@ def test_kill_smoke(zygote: Zygote, tmp_path: Path):
         assert t.point in points[t.step], (t.point, points[t.step])
         run_trial(rig, t, snaps)
     assert_clean(trials, 4)
+
+
+@pytest.mark.parametrize(
+    ("kind", "point"),
+    [(kind, "store.batch#3") for kind in K.KINDS]
+    + [(kind, "persist.file#1") for kind in sorted(K.PERSISTED)],
+)
+def test_kill_then_user_changes_then_revert(zygote: Zygote, kind: str, point: str, tmp_path: Path):
+    """A second fine-tune is killed half-way; before anyone reverts, the user edits a record both
+    fine-tunes moved, edits one neither moved, and deletes one the second moved. revert() in a
+    new process keeps the user's records as they set them, names them, and restores the rest."""
+    rig = CrashRig(zygote, kind, tmp_path)
+    rig.run("job_build", {}, name="build").check()
+    s0 = rig.snap("s0")
+    rig.step(1).check()
+    assert rig.step(2, NUDGE_RAG_KILL_AT=point).killed
+    rids = K.ids()
+    edited, edited_other, deleted = rids[6], rids[30], rids[12]
+    for rid, text, gone in (
+        (edited, "record six rewritten on kelp", deleted),
+        (edited_other, "record thirty rewritten on dunes", None),
+    ):
+        change = {"edit_id": rid, "text": text, "meta": {"v": 2}, "delete_id": gone}
+        rig.run("job_user_changes", change, name="user").check()
+    user = rig.snap("user")
+    rev = rig.run("job_revert", {"write_batch_size": BATCH}, name="revert").check()
+    assert rev["changed_ids"] == [edited]
+    assert rev["deleted_ids"] == [deleted]
+    assert rev["mismatched_ids"] == []
+    final = rig.snap("final")
+    assert final.ids == user.ids
+    assert K.diff(final, user, only={edited, edited_other}) == []
+    assert K.diff(final, s0, only=set(user.ids) - {edited, edited_other}) == []
+    assert zygote.threads_now() == 1  # the zygote never started a thread: its forks are sound
