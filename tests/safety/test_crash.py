@@ -46,6 +46,7 @@ STEPS = {1: "finetune q1", 2: "finetune q2", 3: "revert"}
 SEED = 20250509
 N_KILLS = 24  # per store, at least 20
 BATCH = 3  # records per write batch: many batch points
+FAST_CASE = ("simple", "persist.file#1")  # the one kill-then-edit case outside the slow suite
 
 
 @dataclass
@@ -279,8 +280,11 @@ def test_kill_smoke(zygote: Zygote, tmp_path: Path):
 
 @pytest.mark.parametrize(
     ("kind", "point"),
-    [(kind, "store.batch#3") for kind in K.KINDS]
-    + [(kind, "persist.file#1") for kind in sorted(K.PERSISTED)],
+    [
+        pytest.param(kind, point, marks=[] if (kind, point) == FAST_CASE else [pytest.mark.slow])
+        for kind, point in [(k, "store.batch#3") for k in K.KINDS]
+        + [(k, "persist.file#1") for k in sorted(K.PERSISTED)]
+    ],
 )
 def test_kill_then_user_changes_then_revert(zygote: Zygote, kind: str, point: str, tmp_path: Path):
     """A second fine-tune is killed half-way; before anyone reverts, the user edits a record both

@@ -371,3 +371,40 @@ def test_persisted_index_reverts_from_another_working_directory(
     assert rev.n_restored == 12
     assert K.diff(K.snapshot(K.open_store("simple", tmp_path).obj), s0) == []
     assert list(first.iterdir()) == [] and list(second.iterdir()) == []
+
+
+def test_qdrant_opened_by_a_relative_path_is_the_same_store_after_chdir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """QdrantClient(path="db") opened in one directory: after os.chdir the client still holds the
+    same store, so its state must still be found (identity from where the store is, not from
+    where "db" would be now)."""
+    from langchain_qdrant import QdrantVectorStore
+    from qdrant_client import QdrantClient
+    from qdrant_client.models import Distance, VectorParams
+
+    first, second = tmp_path / "cwd1", tmp_path / "cwd2"
+    first.mkdir()
+    second.mkdir()
+    monkeypatch.chdir(first)
+    model = UserModel()
+    client = QdrantClient(path="db")
+    try:
+        client.create_collection(
+            K.COLLECTION, vectors_config=VectorParams(size=K.DIM, distance=Distance.DOT)
+        )
+        vs = QdrantVectorStore(
+            client=client,
+            collection_name=K.COLLECTION,
+            embedding=model.as_langchain(),
+            distance=Distance.DOT,
+        )
+        vs.add_texts(K.texts(), metadatas=K.metadatas(), ids=RIDS)
+        s0 = K.snapshot(vs)
+        NudgeEmbeddingFinetuner(vs, gamma=K.GAMMA).finetune(Q1)
+        monkeypatch.chdir(second)
+        rev = NudgeEmbeddingFinetuner(vs, gamma=K.GAMMA).revert()
+        assert rev.n_restored == 12, rev.note
+        assert K.diff(K.snapshot(vs), s0) == []
+    finally:
+        client.close()
