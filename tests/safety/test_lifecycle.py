@@ -408,3 +408,39 @@ def test_qdrant_opened_by_a_relative_path_is_the_same_store_after_chdir(
         assert K.diff(K.snapshot(vs), s0) == []
     finally:
         client.close()
+
+
+@pytest.mark.parametrize("kind", ["langchain-inmemory", "llamaindex-simple", "faiss", "chroma"])
+def test_two_stores_given_one_state_dir(kind: str, tmp_path: Path):
+    """Two stores fine-tuned with the same explicit ``state_dir`` (README: ``state_dir="nudge_state"``,
+    two notebooks or two stores in one): the second must not take over the first's originals.
+    Whatever it does (refuse, or keep both), both stores revert to their originals and neither
+    ever holds a vector of the other."""
+    from nudge_rag.errors import StateError
+
+    state_dir = tmp_path / "nudge_state"
+    a = make_live(kind, tmp_path / "a")
+    b = make_live(kind, tmp_path / "b", flavour=" beta edition")
+    try:
+        a0, b0 = a.snapshot(), b.snapshot()
+        a.finetuner(state_dir=state_dir).finetune(Q1)
+        a1 = a.snapshot()
+        refused = False
+        try:
+            b.finetuner(state_dir=state_dir).finetune(Q2)
+        except StateError:
+            refused = True
+            assert K.diff(b.snapshot(), b0) == []
+        b1 = b.snapshot()
+        rev_a = a.finetuner(state_dir=state_dir).revert()
+        assert rev_a.changed_ids == [], "the first store's records were taken for the user's"
+        assert K.diff(a.snapshot(), a0, atol=a.tol) == [], "the first store lost its originals"
+        if not refused:
+            b.finetuner(state_dir=state_dir).revert()
+            assert K.diff(b.snapshot(), b0, atol=b.tol) == []
+        seen_a = rows(a0) | rows(a1) | rows(a.snapshot())
+        seen_b = rows(b0) | rows(b1) | rows(b.snapshot())
+        assert not seen_a & seen_b
+    finally:
+        a.close()
+        b.close()
