@@ -1,7 +1,7 @@
 """The ``nudge-rag`` command: every sub-command's happy path and its bad-input paths.
 
 Most tests run ``main([...])`` in-process with a deterministic bag-of-words model in place of the
-local model (``nudge_rag.cli._make_embedder`` is patched); the ``slow`` ones use the real
+local model (``nudge_rag.sources.default_embedder`` is patched); the ``slow`` ones use the real
 all-MiniLM-L6-v2 and run the command as a subprocess, as a user would.
 """
 
@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +19,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from nudge_rag import cli
+from nudge_rag import cli, sources
+from nudge_rag.state import FinetuneState
 from nudge_rag.testing import BagOfWordsEmbedder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,7 +58,7 @@ class FakeEmbedder:
 
 @pytest.fixture
 def fake_model(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cli, "_make_embedder", lambda quiet: FakeEmbedder())
+    monkeypatch.setattr(sources, "default_embedder", lambda show_progress=False: FakeEmbedder())
 
 
 @pytest.fixture
@@ -118,6 +121,23 @@ def make_chroma(path: Path, dim: int, *, name: str = "notes", n: int = 6) -> dic
     return chroma_vectors(path, name)
 
 
+def make_llamaindex(work: Path, folder: str) -> dict[str, list[float]]:
+    """A persisted LlamaIndex index of the documents (bag-of-words vectors); its vectors."""
+    from llama_index.core import VectorStoreIndex
+    from llama_index.core.schema import TextNode
+
+    from nudge_rag.integrations.llamaindex import as_llamaindex_embedding
+
+    chunks = sources.read_documents(work / "docs", 90)
+    index = VectorStoreIndex(
+        [TextNode(id_=k, text=v) for k, v in chunks.items()],
+        embed_model=as_llamaindex_embedding(FakeEmbedder()),
+    )
+    index.storage_context.persist(str(work / folder))
+    data = json.loads((work / folder / "default__vector_store.json").read_text())
+    return dict(data["embedding_dict"])
+
+
 def write_queries(
     path: Path, pairs: dict[str, tuple[str, list[str]]], corpus: dict[str, str]
 ) -> Path:
@@ -130,24 +150,9 @@ def write_queries(
     return path
 
 
-# ---------------------------------------------------------------------------------------------
-# chunking
-# ---------------------------------------------------------------------------------------------
-def test_chunk_text_keeps_paragraphs_and_bounds_length() -> None:
-    text = "One.\n\nTwo.\n\n" + "A long sentence here. " * 20 + "\n\n" + "x" * 50
-    chunks = cli.chunk_text(text, max_chars=60)
-    assert chunks[0].startswith("One.\n\nTwo.\n\nA long sentence here.")
-    assert all(0 < len(c) <= 60 for c in chunks)
-    assert "".join(chunks).replace(" ", "").replace("\n", "") == text.replace(" ", "").replace(
-        "\n", ""
-    )
-
-
-def test_read_documents_ids_are_relative_path_and_number(work: Path) -> None:
-    chunks = cli.read_documents(work / "docs", max_chars=90)
-    assert list(chunks)[:2] == ["a.txt#0", "a.txt#1"]
-    assert any(k.startswith("sub/b.md#") for k in chunks)
-    assert all(0 < len(v) <= 90 for v in chunks.values())
+def test_chunk_text_and_read_documents_stay_importable_from_the_cli() -> None:
+    # the library API lives in nudge_rag.sources (tested in test_sources.py)
+    assert cli.chunk_text is sources.chunk_text and cli.read_documents is sources.read_documents
 
 
 # ---------------------------------------------------------------------------------------------
@@ -183,27 +188,30 @@ def test_finetune_documents_builds_store_moves_vectors_and_reverts(
         capsys, "finetune", "docs", "--gamma", "0.5", "--chunk-size", "90", "--quiet"
     )
     assert code == 0, err
-    assert "records moved" in out and "nudge-rag revert docs" in out
+    assert "records moved" in out and "undo with: nudge-rag revert nudge_store\n" in out
     store = work / "nudge_store"
     assert (store / "chroma.sqlite3").is_file()
-    assert (store / "nudge_state" / "docs" / "originals.npy").is_file()
+    state = FinetuneState.load(store / "nudge_state" / "docs")
+    assert state is not None and state.status == "applied" and len(state.ids) > 0
     moved = chroma_vectors(store)
     assert any(k.startswith("sub/b.md#") for k in moved)
 
-    code, out, err = run(capsys, "revert", "docs", "--chunk-size", "90")
+    code, out, err = run(capsys, "revert", "docs")  # the documents need not be read again
     assert code == 0, err
-    assert "restored the original vectors" in out
+    assert f"restored {len(state.ids)} record(s) to their original vectors" in out
     restored = chroma_vectors(store)
-    originals = FakeEmbedder().embed_documents(list(cli.read_documents(work / "docs", 90).values()))
+    originals = FakeEmbedder().embed_documents(
+        list(sources.read_documents(work / "docs", 90).values())
+    )
     assert same_vectors(
         restored,
-        dict(zip(cli.read_documents(work / "docs", 90), originals, strict=True)),
+        dict(zip(sources.read_documents(work / "docs", 90), originals, strict=True)),
         atol=1e-6,
     )
     assert not same_vectors(moved, restored, atol=1e-6)
-    # Reverting twice is harmless.
+    # Reverting twice is harmless, and says so.
     code, out, _ = run(capsys, "revert", "nudge_store")
-    assert code == 0 and "nothing to revert" in out
+    assert code == 0 and "nothing to revert" in out and "'reverted'" in out
 
 
 def test_finetune_documents_with_gamma_selection(
@@ -216,7 +224,7 @@ def test_finetune_documents_with_gamma_selection(
     assert "validation" in out
     rep = json.loads((work / "report.json").read_text())
     assert rep["kind"] == "documents" and rep["report"]["n_records"] == len(
-        cli.read_documents(work / "docs", 90)
+        sources.read_documents(work / "docs", 90)
     )
     assert rep["report"]["curve"]["gammas"][0] == 0
 
@@ -231,7 +239,7 @@ def test_generate_queries_then_finetune_and_evaluate_with_them(
     assert "wrote" in out
     data = json.loads((work / "q.json").read_text())
     assert set(data) >= {"queries", "corpus", "relevant_docs"}
-    assert set(data["corpus"]) == set(cli.read_documents(work / "docs", 90))
+    assert set(data["corpus"]) == set(sources.read_documents(work / "docs", 90))
     assert not (work / "nudge_store").exists()  # generating queries embeds nothing
 
     code, out, err = run(
@@ -287,7 +295,7 @@ def test_llm_factory_writes_the_training_queries(
     assert all(q.startswith(("what about", "tell me on")) for q in qs.values())
     import my_llms  # type: ignore[import-not-found]
 
-    assert len(my_llms.CALLS) == len(cli.read_documents(work / "docs", 90))
+    assert len(my_llms.CALLS) == len(sources.read_documents(work / "docs", 90))
     code, out, err = run(
         capsys, "finetune", "docs", "--chunk-size", "90", "--llm", "my_llms:make_llm", "--quiet"
     )
@@ -319,19 +327,8 @@ def test_llamaindex_index_finetune_persist_revert(
     work: Path, fake_model: None, capsys: pytest.CaptureFixture[str]
 ) -> None:
     pytest.importorskip("llama_index.core")
-    from llama_index.core import VectorStoreIndex
-    from llama_index.core.schema import TextNode
-
-    from nudge_rag.integrations.llamaindex import as_llamaindex_embedding
-
-    chunks = cli.read_documents(work / "docs", 90)
-    index = VectorStoreIndex(
-        [TextNode(id_=k, text=v) for k, v in chunks.items()],
-        embed_model=as_llamaindex_embedding(FakeEmbedder()),
-    )
-    index.storage_context.persist("storage")
+    original = make_llamaindex(work, "storage")
     vs_file = work / "storage" / "default__vector_store.json"
-    original = json.loads(vs_file.read_text())["embedding_dict"]
 
     code, out, err = run(capsys, "finetune", "storage", "--gamma", "0.4", "--quiet")
     assert code == 0, err
@@ -426,18 +423,18 @@ def test_evaluate_and_generate_on_beir_folder(
 def test_finetune_without_source_and_without_data(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(cli, "default_data_folder", lambda: None)
+    monkeypatch.setattr(sources, "default_data_folder", lambda: None)
     code, _, err = run(capsys, "finetune")
     assert_clean_error(code, err, "../shared/data/scifact", "BEIR")
 
 
 def test_bench(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    if cli._benchmarks_dir() is not None:
+    if sources._benchmarks_dir() is not None:
         code, out, _ = run(capsys, "bench", "--dry-run", "--data", str(REPO))
         assert code == 0 and "bench_quality.py" in out and "bench_scale.py" in out
         code, out, _ = run(capsys, "bench", "--quick", "--dry-run", "--data", str(REPO))
         assert code == 0 and "--skip-finetune" in out
-    monkeypatch.setattr(cli, "_benchmarks_dir", lambda: None)
+    monkeypatch.setattr(sources, "_benchmarks_dir", lambda: None)
     code, _, err = run(capsys, "bench", "--quick")
     assert_clean_error(code, err, "benchmarks/", "checkout")
 
@@ -565,13 +562,175 @@ def test_store_option_errors(
     assert_clean_error(code, err, "no fine-tuning state")
 
 
+# ---------------------------------------------------------------------------------------------
+# what the command suggests works when pasted; revert says what it found
+# ---------------------------------------------------------------------------------------------
+def undo_argv(out: str) -> list[str]:
+    """The printed undo command, split by a real shell (bash) exactly as a paste would be."""
+    line = next(x for x in out.splitlines() if x.startswith("undo with: "))
+    cmd = line.removeprefix("undo with: ")
+    assert cmd.startswith("nudge-rag revert ")
+    shell = subprocess.run(
+        ["bash", "-c", f"printf '%s\\0' {cmd}"], capture_output=True, text=True, check=True
+    )
+    return shell.stdout.split("\0")[:-1]
+
+
+def test_undo_command_works_when_pasted(
+    work: Path, fake_model: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Paths a shell would split or expand, and a name argparse would take for an option.
+    (work / "docs").rename(work / "my docs")
+    store = "-store's $HOME dir"
+    code, out, err = run(
+        capsys, "finetune", "my docs", "--store", store, "--gamma", "0.4", "--quiet"
+    )
+    assert code == 0, err
+    argv = undo_argv(out)
+    # One collection in the store: no --collection; the state where revert looks: no --state-dir.
+    assert argv == ["nudge-rag", "revert", f"./{store}"], out
+    before_undo = chroma_vectors(work / store)
+    code, out, err = run(capsys, *argv[1:])
+    assert code == 0 and "restored" in out, err
+    assert not same_vectors(chroma_vectors(work / store), before_undo, atol=1e-6)
+
+    # A second collection in the same store, and the state elsewhere: both are named.
+    (work / "more").mkdir()
+    (work / "more" / "x.md").write_text(DOCS["c.txt"] + "\n\n" + DOCS["a.txt"])
+    code, out, err = run(
+        capsys, "finetune", "more", "--store", store, "--collection", "extra notes",
+        "--state-dir", "st ate", "--gamma", "0.4", "--quiet",
+    )  # fmt: skip
+    assert code == 0, err
+    argv = undo_argv(out)
+    assert argv == [
+        "nudge-rag", "revert", f"./{store}", "--collection", "extra_notes", "--state-dir", "st ate"
+    ]  # fmt: skip
+    code, out, err = run(capsys, *argv[1:])
+    assert code == 0 and "restored" in out, err
+    code, out, err = run(capsys, "revert", f"./{store}")  # two collections: which one?
+    assert_clean_error(code, err, "--collection", "extra_notes", "my_docs")
+
+
+def test_llamaindex_undo_command_and_crash_safe_save(
+    work: Path, fake_model: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("llama_index.core")
+    make_llamaindex(work, "my storage")
+    code, out, err = run(capsys, "finetune", "my storage", "--gamma", "0.4", "--quiet")
+    assert code == 0, err
+    assert undo_argv(out) == ["nudge-rag", "revert", "my storage"]
+    assert not list((work / "my storage").glob(".nudge-tmp-*"))  # saved through a temporary copy
+    # The index moves with its folder: its state still belongs to it.
+    (work / "my storage").rename(work / "moved")
+    code, out, err = run(capsys, "revert", "moved")
+    assert code == 0 and "restored" in out, err
+
+
+CHILD = (
+    "import sys; sys.path.insert(0, {tests!r}); from test_cli import FakeEmbedder; "
+    "from nudge_rag import cli, sources; "
+    "sources.default_embedder = lambda show_progress=False: FakeEmbedder(); "
+    "sys.exit(cli.main(sys.argv[1:]))"
+)
+
+
+def cli_with_fake_model(cwd: Path, *argv: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """``nudge-rag ARGV`` in a fresh process, with the bag-of-words model (no real model)."""
+    full = {k: v for k, v in os.environ.items() if not k.startswith("NUDGE_RAG_")}
+    code = CHILD.format(tests=str(Path(__file__).parent))
+    return subprocess.run(
+        [sys.executable, "-W", "ignore::DeprecationWarning", "-c", code, *argv],
+        cwd=cwd, env={**full, **env}, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("sweep", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_finetune_killed_while_saving_the_index_loses_nothing_and_reverts(
+    work: Path, fake_model: None, capsys: pytest.CaptureFixture[str], sweep: bool
+) -> None:
+    """SIGKILL at a crash point of the index save (sweep: at each one, after the temporary copy
+    is written and after each file is switched in): the index loads, holds every record with its
+    whole old or whole new vector, and `nudge-rag revert` brings back the originals exactly."""
+    pytest.importorskip("llama_index.core")
+    original = make_llamaindex(work, "storage")
+    pristine = work / "pristine"
+    shutil.copytree(work / "storage", pristine)
+    # the vector store's file is switched in first: killed there, it is new and the rest old
+    points, moved = ["persist.file#1"], None
+    if sweep:
+        log = work / "points.log"
+        r = cli_with_fake_model(work, "finetune", "storage", "--gamma", "0.4", "--quiet",
+                                NUDGE_RAG_FAULT_LOG=str(log))  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        moved = json.loads((work / "storage" / "default__vector_store.json").read_text())
+        moved = moved["embedding_dict"]
+        points = [p for p in log.read_text().split() if p.startswith("persist.")]
+        assert points[0] == "persist.written#1"
+        assert len(points) == 1 + len(list(pristine.iterdir()))
+    for point in points:
+        shutil.rmtree(work / "storage")
+        shutil.copytree(pristine, work / "storage")
+        r = cli_with_fake_model(work, "finetune", "storage", "--gamma", "0.4", "--quiet",
+                                NUDGE_RAG_KILL_AT=point)  # fmt: skip
+        assert r.returncode == -9, (point, r.returncode, r.stderr)
+        from llama_index.core import StorageContext, load_index_from_storage
+
+        from nudge_rag.integrations.llamaindex import as_llamaindex_embedding
+
+        ctx = StorageContext.from_defaults(persist_dir=str(work / "storage"))
+        index = load_index_from_storage(ctx, embed_model=as_llamaindex_embedding(FakeEmbedder()))
+        on_disk = dict(index.vector_store.data.embedding_dict)
+        assert on_disk.keys() == original.keys(), point
+        if moved is not None:
+            assert on_disk in (original, moved), point  # whole old or whole new, never a mix
+        else:  # killed after the vector store's file was switched in: the new vectors
+            assert on_disk != original
+        assert len(index.docstore.docs) == len(original), point
+        code, _, err = run(capsys, "revert", "storage")
+        assert code == 0, (point, err)
+        back = json.loads((work / "storage" / "default__vector_store.json").read_text())
+        assert back["embedding_dict"] == original, point
+
+
+def test_revert_without_state_says_where_it_looked_and_exits_2(
+    work: Path, fake_model: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_chroma(work / "cd", 64)
+    code, _, err = run(capsys, "revert", "cd")  # never fine-tuned
+    assert_clean_error(code, err, "no fine-tuning state", str(Path("cd") / "nudge_state" / "notes"))
+    code, _, err = run(capsys, "finetune", "cd", "--gamma", "0.4", "--quiet")
+    assert code == 0, err
+    shutil.rmtree(work / "cd" / "nudge_state")  # the state is gone
+    code, _, err = run(capsys, "revert", "cd")
+    assert_clean_error(code, err, "no fine-tuning state", "nudge_state")
+    code, _, err = run(capsys, "revert", "cd", "--state-dir", "elsewhere")
+    assert_clean_error(code, err, "no fine-tuning state at 'elsewhere'")
+
+
+def test_a_changed_store_is_never_advised_deleted(
+    work: Path, fake_model: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(capsys, "finetune", "docs", "--gamma", "0.2", "--quiet")[0] == 0
+    (work / "docs" / "a.txt").write_text("Entirely new text about volcanoes.")
+    code, _, err = run(capsys, "finetune", "docs", "--quiet")
+    assert_clean_error(code, err, "built from other documents", "another --store or --collection")
+    assert "delete" not in err.lower() and "remove" not in err.lower()
+    # The command it offers (fine-tune the stored collection as it is) works when pasted.
+    suggested = err.split("as it is: ")[1].strip()
+    argv = shlex.split(suggested)
+    assert argv[:2] == ["nudge-rag", "finetune"]
+    code, _, err = run(capsys, *argv[1:], "--gamma", "0.3", "--quiet")
+    assert code == 0, err
+
+
 def test_unexpected_error_is_one_line_exit_1(
     work: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def boom(quiet: bool) -> Any:
+    def boom(show_progress: bool = False) -> Any:
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(cli, "_make_embedder", boom)
+    monkeypatch.setattr(sources, "default_embedder", boom)
     code, _, err = run(capsys, "finetune", "docs", "--quiet")
     assert code == 1 and "RuntimeError: disk on fire" in err and "--debug" in err
     assert "Traceback" not in err
@@ -619,10 +778,12 @@ def test_subprocess_real_model_documents_round_trip(work: Path) -> None:
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert "NDCG@10" in r.stdout
-    r = _cli(work, "revert", "docs", "--chunk-size", "90", "--quiet")
+    state = FinetuneState.load(store / "nudge_state" / "docs")
+    assert state is not None
+    r = _cli(work, "revert", "docs", "--quiet")
     assert r.returncode == 0, r.stderr
     # (Chroma caches segments per process: the revert is checked through its own report.)
-    assert f"restored the original vectors of {len(moved)} records" in r.stdout
+    assert f"restored {len(state.ids)} record(s) to their original vectors" in r.stdout
 
 
 @pytest.mark.slow
