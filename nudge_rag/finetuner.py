@@ -27,7 +27,15 @@ from typing import Any, Literal
 import numpy as np
 
 from nudge_rag._faults import checkpoint
-from nudge_rag.core import NudgeM, NudgeN, QuerySet, UnmovedTopK, ValidationCurve, normalize_rows
+from nudge_rag.core import (
+    BestUnmovedScores,
+    NudgeM,
+    NudgeN,
+    QuerySet,
+    UnmovedTopK,
+    ValidationCurve,
+    normalize_rows,
+)
 from nudge_rag.errors import (
     AnswerError,
     ConfigError,
@@ -60,6 +68,8 @@ REPORT_K = 10
 #: the model is taken for another one (a header of metadata in the embedded text costs ~0.1;
 #: another model of the same width gives ~0).
 MODEL_CHECK_COSINE = 0.5
+#: ``unmoved="auto"`` pushes the unmoved pass down to the store's search from this size on.
+AUTO_SEARCH_RECORDS = 50_000
 
 
 # ---------------------------------------------------------------------------------------------
@@ -145,6 +155,9 @@ class FinetuneReport:
         deleted_ids: Records a previous fine-tune wrote that are no longer in the store.
         restored_ids: Records a previous fine-tune moved that this one does not move: their
             originals were written back.
+        unmoved: How the best scores of the records that do not move were found: ``"scan"``
+            (every vector read once, page by page), ``"search"`` (the store's own top-k search,
+            only the fitted records read), ``"none"`` (γ fixed: no validation).
     """
 
     method: str
@@ -165,6 +178,7 @@ class FinetuneReport:
     adopted_ids: list[str] = field(default_factory=list)
     deleted_ids: list[str] = field(default_factory=list)
     restored_ids: list[str] = field(default_factory=list)
+    unmoved: str = "scan"
 
     def __repr__(self) -> str:
         return (
@@ -197,7 +211,11 @@ class FinetuneReport:
             )
         if self.note:
             lines.append(self.note)
-        lines.append("time: " + ", ".join(f"{k} {v:.2f}s" for k, v in self.seconds.items()))
+        lines.append(
+            "time: "
+            + ", ".join(f"{k} {v:.2f}s" for k, v in self.seconds.items())
+            + (f" (unmoved scores by {self.unmoved})" if self.unmoved != "none" else "")
+        )
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
@@ -226,6 +244,7 @@ class FinetuneReport:
             "adopted_ids": list(self.adopted_ids),
             "deleted_ids": list(self.deleted_ids),
             "restored_ids": list(self.restored_ids),
+            "unmoved": self.unmoved,
             "validation": {
                 "before": self.before._asdict() if self.before is not None else None,
                 "after": self.after._asdict() if self.after is not None else None,
@@ -325,7 +344,7 @@ class RevertReport:
 @dataclass
 class _Read:
     s_vecs: np.ndarray  # (s, d) float64 original vectors of the fitted records
-    acc: UnmovedTopK | None
+    unmoved: BestUnmovedScores | None  # per validation query, best scores of the rest
     n_records: int
     dim: int
     # journaled records (of the state in force): what the store holds for each that is still
@@ -381,6 +400,12 @@ class NudgeEmbeddingFinetuner:
             embedding model and compare with their stored vectors: a model other than the one
             that built the store (another model of the same width) is refused, since NUDGE would
             move records toward queries embedded in another space.
+        unmoved: How γ selection learns the best scores of the records that do not move:
+            ``"scan"`` reads every vector once, page by page; ``"search"`` asks the store's own
+            top-k search for each validation query, leaving out the fitted records, and reads
+            only the fitted records by id (cost independent of the store's size; on an HNSW/IVF
+            index the scores are approximate); ``"auto"`` (default) searches on stores of
+            ``AUTO_SEARCH_RECORDS`` records or more. The report says which ran.
         page_size: Records read per page.
         write_batch_size: Records written per call to the store.
         max_concurrency: Queries embedded concurrently.
@@ -407,6 +432,7 @@ class NudgeEmbeddingFinetuner:
     state_dir: str | os.PathLike[str] | None = None
     lock_timeout: float | None = 0.0
     check_model: bool = True
+    unmoved: Literal["auto", "scan", "search"] = "auto"
     page_size: int = 1000
     write_batch_size: int = 500
     max_concurrency: int = 16
@@ -433,6 +459,9 @@ class NudgeEmbeddingFinetuner:
             not isinstance(self.similarity_top_k, int) or self.similarity_top_k < 1
         ):
             msg = f"similarity_top_k must be a positive int or None; received {self.similarity_top_k!r}"
+            raise ConfigError(msg)
+        if self.unmoved not in ("auto", "scan", "search"):
+            msg = f"unmoved must be 'auto', 'scan' or 'search'; received {self.unmoved!r}"
             raise ConfigError(msg)
         if self.store_id is not None and (not isinstance(self.store_id, str) or not self.store_id):
             msg = f"store_id must be a non-empty str or None; received {self.store_id!r}"
@@ -540,7 +569,9 @@ class NudgeEmbeddingFinetuner:
         with StateLock(state_dir, self.lock_timeout):
             state = self._load_state(state_dir, ident)
             t = time.perf_counter()
-            read = self._read(s_ids, val, state, q.shape[1], model.unmoved_k)
+            mode = self._unmoved_mode()
+            reader = self._read if mode == "scan" else self._read_by_id
+            read = reader(s_ids, val, state, q.shape[1], model.unmoved_k)
             times["read"] = time.perf_counter() - t
             checkpoint("finetune.read")
 
@@ -551,15 +582,15 @@ class NudgeEmbeddingFinetuner:
                 np.arange(len(s_ids)),
                 train,
                 val,
-                read.acc.result() if read.acc is not None else None,
+                read.unmoved,
                 n_records=len(s_ids),
             )
             before = after = None
-            if val is not None and read.acc is not None:
+            if val is not None and read.unmoved is not None:
                 after_vecs = unit.copy()
                 after_vecs[res.moved] = res.moved_embeddings
-                before = _report_metrics(unit, val, read.acc)
-                after = _report_metrics(after_vecs, val, read.acc)
+                before = _report_metrics(unit, val, read.unmoved)
+                after = _report_metrics(after_vecs, val, read.unmoved)
             if self.refit and val is not None and res.gamma > 0:
                 # γ is chosen and measured on held-out queries; the move that is written then
                 # uses every query (the validation ones too), at that γ.
@@ -637,6 +668,7 @@ class NudgeEmbeddingFinetuner:
             adopted_ids=read.adopted,
             deleted_ids=read.deleted,
             restored_ids=restored,
+            unmoved=mode if val is not None else "none",
         )
 
     async def agenerate_queries(self) -> Any:
@@ -953,7 +985,8 @@ class NudgeEmbeddingFinetuner:
     def _read(
         self, s_ids: list[str], val: QuerySet | None, state: FinetuneState | None, dim: int, k: int
     ) -> _Read:
-        """One pass over the store: keep the records queries answer, stream the rest.
+        """One pass over the store: keep the records queries answer, stream the rest
+        (``unmoved="scan"``).
 
         Records of the state in force are checked on the way: one still holding a vector we
         wrote (or its original) counts with its original; one the user changed since is theirs
@@ -964,10 +997,8 @@ class NudgeEmbeddingFinetuner:
         seen = np.zeros(len(s_ids), dtype=bool)
         acc = UnmovedTopK(val.embeddings, [], max(k, REPORT_K)) if val is not None else None
         journal = state.row_of() if state is not None and state.active else {}
-        tol = self._tolerance()
-        out = _Read(s_vecs, acc, 0, dim)
+        out = _Read(s_vecs, None, 0, dim)
         met: set[str] = set()
-        check_norms = self._adapter.metric != "cosine"
         n = 0
         pages = self._adapter.iter_pages(self.page_size, with_documents=False)
         for page in _progress(pages, self.show_progress, self._adapter.count(), "reading store"):
@@ -979,30 +1010,8 @@ class NudgeEmbeddingFinetuner:
                 )
                 raise DimensionMismatchError(msg)
             if journal:
-                js = [(j, journal[rid]) for j, rid in enumerate(page.ids) if rid in journal]
-                if js:
-                    at = np.array([j for j, _ in js], dtype=np.int64)
-                    rows = np.array([r for _, r in js], dtype=np.int64)
-                    ours = state.ours(rows, page.embeddings[at], tol)  # type: ignore[union-attr]
-                    for j, r, mine in zip(at.tolist(), rows.tolist(), ours.tolist(), strict=True):
-                        rid = page.ids[j]
-                        met.add(rid)
-                        if mine:  # ours: start from the original, never from a moved vector
-                            out.held[rid] = np.array(page.embeddings[j], dtype=np.float64)
-                            vecs[j] = state.originals[r]  # type: ignore[union-attr]
-                        else:  # the user changed it since: theirs, as it is now
-                            out.adopted.append(rid)
-            if check_norms and vecs.shape[0]:
-                norms = np.linalg.norm(vecs, axis=1)
-                if np.any(np.abs(norms - 1.0) > 1e-3):
-                    msg = (
-                        f"this {self._adapter.name} store ranks by {self._adapter.metric} and holds "
-                        f"vectors that are not unit length (e.g. norm {norms[np.argmax(np.abs(norms - 1))]:.4g}); "
-                        "NUDGE works on unit vectors, and writing unit vectors among longer or "
-                        "shorter ones would change how every record ranks. Build the store with "
-                        "normalised embeddings or with cosine similarity."
-                    )
-                    raise MetricError(msg)
+                met |= self._classify(page.ids, page.embeddings, vecs, state, journal, out)
+            self._check_unit(vecs)
             keep = np.fromiter((rid in pos for rid in page.ids), dtype=bool, count=len(page.ids))
             if keep.any():
                 rows_ = [pos[rid] for rid, k_ in zip(page.ids, keep, strict=True) if k_]
@@ -1021,6 +1030,103 @@ class NudgeEmbeddingFinetuner:
             raise AnswerError(msg)
         out.deleted = [rid for rid in journal if rid not in met]
         out.n_records = n
+        out.unmoved = acc.result() if acc is not None else None
+        self._log_changes(out)
+        return out
+
+    def _read_by_id(
+        self, s_ids: list[str], val: QuerySet | None, state: FinetuneState | None, dim: int, k: int
+    ) -> _Read:
+        """Read only the records queries answer (and the journaled ones), by id; the best scores
+        of every other record come from the store's own search (``unmoved="search"``).
+
+        The store runs each validation query as a top-k search that leaves out the records read
+        here; those are scored exactly (journaled ones with their originals). The cost follows
+        the number of queries, not the size of the store.
+        """
+        journal = state.row_of() if state is not None and state.active else {}
+        wanted = list(dict.fromkeys([*s_ids, *journal]))
+        absent = set(self._adapter._missing(wanted)) if wanted else set()
+        gone = [i for i in s_ids if i in absent]
+        if gone:
+            msg = (
+                f"{len(gone)} record id(s) named by training queries are not in the "
+                f"{self._adapter.name} store, e.g. {gone[:10]}; ids must be the store's record ids "
+                "(LlamaIndex node ids, LangChain document ids)"
+            )
+            raise AnswerError(msg)
+        present = [i for i in wanted if i not in absent]
+        cur = self._get_vectors(present, dim)
+        if cur.shape[0] and cur.shape[1] != dim:
+            msg = (
+                f"the {self._adapter.name} store holds vectors of width {cur.shape[1]} but the "
+                f"embedding model gives {dim}: is embed_model the one that built the store?"
+            )
+            raise DimensionMismatchError(msg)
+        vecs = cur.astype(np.float64)
+        out = _Read(np.zeros((len(s_ids), dim), dtype=np.float64), None, self._adapter.count(), dim)
+        self._classify(present, cur, vecs, state, journal, out)
+        out.deleted = [i for i in journal if i in absent]
+        self._check_unit(vecs)
+        row = {i: j for j, i in enumerate(present)}
+        out.s_vecs[:] = vecs[[row[i] for i in s_ids]]
+        if val is not None:
+            kk = max(k, REPORT_K)
+            # The core scores q · unit(record) with queries as given: the store's search gets
+            # unit queries (cosine), and its scores are scaled back by each query's norm.
+            qv = np.asarray(val.embeddings, dtype=np.float32)
+            qn = np.linalg.norm(qv, axis=1, keepdims=True)
+            store = self._adapter.top_scores(qv / qn, kk, exclude=present) * qn
+            fitted = set(s_ids)
+            extra = [j for j, i in enumerate(present) if i not in fitted]
+            if extra:  # journaled records outside this fit: scored as they will be (originals)
+                mine = qv @ normalize_rows(vecs[extra], name="stored vectors").T.astype(np.float32)
+                store = -np.sort(-np.concatenate([store, mine], axis=1), axis=1)[:, :kk]
+            out.unmoved = BestUnmovedScores(np.ascontiguousarray(store, dtype=np.float32))
+        self._log_changes(out)
+        return out
+
+    def _classify(
+        self,
+        ids: list[str],
+        current: np.ndarray,
+        vecs: np.ndarray,
+        state: FinetuneState | None,
+        journal: dict[str, int],
+        out: _Read,
+    ) -> set[str]:
+        """Sort journaled records into ours (``vecs`` row set to the original, the current vector
+        kept in ``out.held``) and the user's (``out.adopted``); returns the journaled ids met."""
+        js = [(j, journal[rid]) for j, rid in enumerate(ids) if rid in journal]
+        if not js or state is None:
+            return set()
+        at = np.array([j for j, _ in js], dtype=np.int64)
+        rows = np.array([r for _, r in js], dtype=np.int64)
+        ours = state.ours(rows, current[at], self._tolerance())
+        for j, r, mine in zip(at.tolist(), rows.tolist(), ours.tolist(), strict=True):
+            rid = ids[j]
+            if mine:  # ours: start from the original, never from a moved vector
+                out.held[rid] = np.array(current[j], dtype=np.float64)
+                vecs[j] = state.originals[r]
+            else:  # the user changed it since: theirs, as it is now
+                out.adopted.append(rid)
+        return {ids[j] for j in at.tolist()}
+
+    def _check_unit(self, vecs: np.ndarray) -> None:
+        if self._adapter.metric == "cosine" or not vecs.shape[0]:
+            return
+        norms = np.linalg.norm(vecs, axis=1)
+        if np.any(np.abs(norms - 1.0) > 1e-3):
+            msg = (
+                f"this {self._adapter.name} store ranks by {self._adapter.metric} and holds "
+                f"vectors that are not unit length (e.g. norm {norms[np.argmax(np.abs(norms - 1))]:.4g}); "
+                "NUDGE works on unit vectors, and writing unit vectors among longer or "
+                "shorter ones would change how every record ranks. Build the store with "
+                "normalised embeddings or with cosine similarity."
+            )
+            raise MetricError(msg)
+
+    def _log_changes(self, out: _Read) -> None:
         if out.adopted or out.deleted:
             logger.warning(
                 "%d record(s) changed and %d deleted since the last fine-tune of this store: "
@@ -1030,7 +1136,12 @@ class NudgeEmbeddingFinetuner:
                 name_ids(out.adopted),
                 name_ids(out.deleted),
             )
-        return out
+
+    def _unmoved_mode(self) -> str:
+        """``scan`` or ``search`` for this run (``auto``: search on a large store)."""
+        if self.unmoved != "auto":
+            return self.unmoved
+        return "search" if self._adapter.count() >= AUTO_SEARCH_RECORDS else "scan"
 
     def _write(
         self,
@@ -1106,10 +1217,10 @@ class NudgeEmbeddingFinetuner:
         return back
 
 
-def _report_metrics(s_unit: np.ndarray, val: QuerySet, acc: UnmovedTopK) -> MetricMeans:
+def _report_metrics(s_unit: np.ndarray, val: QuerySet, unmoved: BestUnmovedScores) -> MetricMeans:
     """Metrics @10 of the validation queries over the whole store: the fitted records scored
     exactly, every other record through its streamed best scores (never relevant)."""
-    const = acc.result().scores[:, :REPORT_K].astype(np.float64)
+    const = unmoved.scores[:, :REPORT_K].astype(np.float64)
     s = val.embeddings.astype(np.float64) @ s_unit.T.astype(np.float64)
     allscores = np.concatenate([const, s], axis=1)
     order = np.argsort(-allscores, axis=1, kind="stable")[:, :REPORT_K]
