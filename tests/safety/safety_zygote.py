@@ -6,9 +6,12 @@ tests need hundreds of processes. The zygote is started once (``python safety_zy
 calling thread, so a lock held by any other thread would stay held in the child forever), and
 then serves jobs read from stdin, one JSON line each:
 
-    {"op": "start", "target": "module:function", "kwargs": {...}, "env": {...}, "cwd": "...",
-     "log": "...", "out": "..."}        -> {"pid": 1234}
-    {"op": "wait", "pid": 1234}         -> {"pid": 1234, "status": 0 | 1 | -9}
+    {"op": "start", "tag": 7, "target": "module:function", "kwargs": {...}, "env": {...},
+     "cwd": "...", "log": "...", "out": "..."}      -> {"tag": 7, "pid": 1234}
+    {"op": "threads", "tag": 8}                     -> {"tag": 8, "threads": 1}
+
+and reports each child's end as it happens: ``{"exit": 1234, "status": 0 | 1 | -9}``. Jobs may
+run side by side.
 
 A job runs in a forked child: a real process, with its own pid and address space, so the
 ``SIGKILL`` a crash point sends is real (no cleanup, no atexit, no flush). The child sets its
@@ -22,13 +25,14 @@ import): the child reloads ``nudge_rag._faults`` so that the points armed in its
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
 import signal
 import subprocess
 import sys
-import time
+import threading
 import traceback
 from pathlib import Path
 from typing import Any
@@ -150,31 +154,65 @@ def serve(modules: list[str]) -> None:
         warm = getattr(sys.modules.get("safety_kit"), "warm", None)
         if warm is not None:
             warm()
-    proto_out = sys.stdout
-    ready = {"ready": True, "threads": _threads(), "pid": os.getpid()}
-    proto_out.write(json.dumps(ready) + "\n")
-    proto_out.flush()
-    for line in sys.stdin:
-        msg = json.loads(line)
-        if msg["op"] == "start":
-            proto_out.flush()
-            pid = os.fork()
+    out_fd, in_fd = sys.stdout.fileno(), sys.stdin.fileno()
+
+    def send(msg: dict[str, Any]) -> None:
+        data = (json.dumps(msg) + "\n").encode()
+        while data:
+            data = data[os.write(out_fd, data) :]
+
+    # A child's exit wakes the loop through a pipe (SIGCHLD -> set_wakeup_fd), so that jobs run
+    # side by side and each exit is reported the moment it happens.
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    signal.set_wakeup_fd(wake_w)
+    send({"ready": True, "threads": _threads(), "pid": os.getpid()})
+    buf = b""
+    running: set[int] = set()
+    while True:
+        try:
+            ready, _, _ = select.select([in_fd, wake_r], [], [])
+        except InterruptedError:  # pragma: no cover - select is retried by Python (PEP 475)
+            continue
+        if wake_r in ready:
+            with contextlib.suppress(BlockingIOError):
+                while os.read(wake_r, 512):
+                    pass
+        while running:
+            pid, status = os.waitpid(-1, os.WNOHANG)
             if pid == 0:
-                code = 1
-                try:
-                    code = _child(msg)
-                finally:
-                    os._exit(code)
-            reply: dict[str, Any] = {"pid": pid}
-        elif msg["op"] == "wait":
-            _, status = os.waitpid(msg["pid"], 0)
-            reply = {"pid": msg["pid"], "status": os.waitstatus_to_exitcode(status)}
-        elif msg["op"] == "threads":
-            reply = {"threads": _threads()}
-        else:
-            reply = {"error": f"unknown op {msg['op']!r}"}
-        proto_out.write(json.dumps(reply) + "\n")
-        proto_out.flush()
+                break
+            running.discard(pid)
+            send({"exit": pid, "status": os.waitstatus_to_exitcode(status)})
+        if in_fd not in ready:
+            continue
+        chunk = os.read(in_fd, 65536)
+        if not chunk:  # the parent is gone
+            return
+        buf += chunk
+        while b"\n" in buf:
+            line, buf = buf.split(b"\n", 1)
+            msg = json.loads(line)
+            if msg["op"] == "start":
+                pid = os.fork()
+                if pid == 0:
+                    code = 1
+                    try:
+                        signal.set_wakeup_fd(-1)
+                        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                        os.close(wake_r)
+                        os.close(wake_w)
+                        code = _child(msg)
+                    finally:
+                        os._exit(code)
+                running.add(pid)
+                send({"tag": msg["tag"], "pid": pid})
+            elif msg["op"] == "threads":
+                send({"tag": msg["tag"], "threads": _threads()})
+            else:
+                send({"tag": msg.get("tag"), "error": f"unknown op {msg['op']!r}"})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -185,7 +223,8 @@ class ZygoteError(RuntimeError):
 
 
 class Zygote:
-    """Start the zygote; run jobs in children forked from it.
+    """Start the zygote; run jobs in children forked from it (several at once if wanted: the
+    methods are thread-safe).
 
     Args:
         log_dir: Where each job's stdout/stderr go (one file per job).
@@ -200,7 +239,13 @@ class Zygote:
         self.log_dir = Path(log_dir)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.hang_limit = hang_limit
-        self._n = 0
+        self._n = 0  # request tags
+        self._jobs = 0  # job log names
+        self._lock = threading.Lock()  # writes to the zygote, job numbers
+        self._cond = threading.Condition()
+        self._replies: dict[int, dict[str, Any]] = {}
+        self._exits: dict[int, int] = {}
+        self._eof = False
         env = {**os.environ, **SINGLE_THREAD_ENV}
         env.pop("NUDGE_RAG_KILL_AT", None)
         env.pop("NUDGE_RAG_FAULT_LOG", None)
@@ -215,35 +260,56 @@ class Zygote:
             stderr=self._stderr,
             cwd=str(REPO),
             env=env,
-            text=True,
-            bufsize=1,
         )
-        ready = self._read(timeout=600.0)
-        if not ready.get("ready"):
-            raise ZygoteError(f"zygote did not start: {ready}")
-        self.threads = int(ready["threads"])
+        assert self.proc.stdout is not None
+        ready, _, _ = select.select([self.proc.stdout], [], [], 600.0)
+        line = self.proc.stdout.readline() if ready else b""
+        if not line:
+            self.close()
+            tail = (self.log_dir / "zygote.log").read_text(errors="replace")[-3000:]
+            raise ZygoteError(f"the zygote did not start:\n{tail}")
+        hello = json.loads(line)
+        self.threads = int(hello["threads"])
         if self.threads != 1:
+            self.close()
             raise ZygoteError(
                 f"the zygote runs {self.threads} threads after its imports; forking it would copy "
                 "locks held by the others"
             )
+        self._reader = threading.Thread(target=self._read_loop, name="zygote-reader", daemon=True)
+        self._reader.start()
 
-    def _read(self, timeout: float) -> dict[str, Any]:
+    def _read_loop(self) -> None:
         assert self.proc.stdout is not None
-        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
-        if not ready:
-            raise ZygoteError(f"the zygote gave no answer within {timeout:.0f} s")
-        line = self.proc.stdout.readline()
-        if not line:
-            tail = (self.log_dir / "zygote.log").read_text(errors="replace")[-3000:]
-            raise ZygoteError(f"the zygote exited:\n{tail}")
-        return json.loads(line)
+        for line in self.proc.stdout:
+            msg = json.loads(line)
+            with self._cond:
+                if "exit" in msg:
+                    self._exits[int(msg["exit"])] = int(msg["status"])
+                else:
+                    self._replies[int(msg["tag"])] = msg
+                self._cond.notify_all()
+        with self._cond:
+            self._eof = True
+            self._cond.notify_all()
 
-    def _send(self, msg: dict[str, Any]) -> dict[str, Any]:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps(msg) + "\n")
-        self.proc.stdin.flush()
-        return self._read(timeout=120.0)
+    def _request(self, msg: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            self._n += 1
+            tag = self._n
+            assert self.proc.stdin is not None
+            self.proc.stdin.write((json.dumps({**msg, "tag": tag}) + "\n").encode())
+            self.proc.stdin.flush()
+        with self._cond:
+            if not self._cond.wait_for(lambda: tag in self._replies or self._eof, 120.0):
+                raise ZygoteError("the zygote gave no answer within 120 s")
+            if tag not in self._replies:
+                raise ZygoteError(self._gone())
+            return self._replies.pop(tag)
+
+    def _gone(self) -> str:
+        tail = (self.log_dir / "zygote.log").read_text(errors="replace")[-3000:]
+        return f"the zygote exited:\n{tail}"
 
     def start(
         self,
@@ -255,10 +321,11 @@ class Zygote:
         name: str = "job",
     ) -> Job:
         """Fork a child that runs ``target(**kwargs)``; it runs while the caller goes on."""
-        self._n += 1
-        stem = self.log_dir / f"{self._n:04d}-{name}"
+        with self._lock:
+            self._jobs += 1
+            stem = self.log_dir / f"{self._jobs:05d}-{name}"
         job = Job(self, 0, Path(f"{stem}.log"), Path(f"{stem}.json"), target)
-        reply = self._send(
+        reply = self._request(
             {
                 "op": "start",
                 "target": target,
@@ -277,7 +344,15 @@ class Zygote:
         return self.start(target, kwargs, **kw).wait()
 
     def threads_now(self) -> int:
-        return int(self._send({"op": "threads"})["threads"])
+        return int(self._request({"op": "threads"})["threads"])
+
+    def _wait(self, pid: int) -> int:
+        with self._cond:
+            if not self._cond.wait_for(lambda: pid in self._exits or self._eof, self.hang_limit):
+                raise TimeoutError
+            if pid not in self._exits:
+                raise ZygoteError(self._gone())
+            return self._exits.pop(pid)
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -330,25 +405,19 @@ class Job:
         self.target = target
 
     def wait(self) -> JobResult:
-        z = self.zygote
-        assert z.proc.stdin is not None
-        z.proc.stdin.write(json.dumps({"op": "wait", "pid": self.pid}) + "\n")
-        z.proc.stdin.flush()
         try:
-            reply = z._read(timeout=z.hang_limit)
-        except ZygoteError:
-            # The child hangs: kill it (it is ours) so that the zygote answers, and fail loudly.
+            status = self.zygote._wait(self.pid)
+        except TimeoutError:
+            # The child hangs: kill it (it is ours), and fail loudly.
             os.kill(self.pid, signal.SIGKILL)
-            z._read(timeout=60.0)
+            self.zygote._wait(self.pid)
             tail = self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
-            raise ZygoteError(
-                f"job {self.target} (pid {self.pid}) did not end within {z.hang_limit:.0f} s:\n{tail}"
-            ) from None
-        return JobResult(self, int(reply["status"]))
+            msg = f"job {self.target} (pid {self.pid}) did not end within {self.zygote.hang_limit:.0f} s"
+            raise ZygoteError(f"{msg}:\n{tail}") from None
+        return JobResult(self, status)
 
 
 if __name__ == "__main__":
     for k, v in SINGLE_THREAD_ENV.items():
         os.environ.setdefault(k, v)
-    t0 = time.perf_counter()
     serve(sys.argv[1:])

@@ -34,6 +34,7 @@ import shutil
 import time
 import zlib
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,7 @@ STEPS = {1: "finetune q1", 2: "finetune q2", 3: "revert"}
 SEED = 20250509
 N_KILLS = 24  # per store, at least 20
 BATCH = 3  # records per write batch: many batch points
+LANES = 2  # trials run two at a time (CI has 2 cores; the children wait on fsync as much as CPU)
 FAST_CASE = ("simple", "persist.file#1")  # the one kill-then-edit case outside the slow suite
 
 
@@ -203,12 +205,23 @@ def run_trial(rig: CrashRig, trial: Trial, snaps: dict[int, K.Snapshot]) -> None
 
 
 def crash_suite(zygote: Zygote, kind: str, base: Path, n_kills: int) -> list[Trial]:
+    """The dry run and the schedule, run in LANES lanes side by side (each its own copy of the
+    store at its own paths, its own dry run: identities come from paths)."""
     t0 = time.perf_counter()
-    rig = CrashRig(zygote, kind, base)
-    snaps, points = dry_run(rig)
+    rigs = [CrashRig(zygote, kind, base / f"lane{i}") for i in range(LANES)]
+    with ThreadPoolExecutor(LANES) as pool:
+        runs = list(pool.map(dry_run, rigs))
+    points = runs[0][1]
+    for _, other in runs[1:]:
+        assert other == points, "two dry runs passed through different crash points"
     trials = schedule(kind, points, n_kills)
-    for trial in trials:
-        run_trial(rig, trial, snaps)
+
+    def lane(i: int) -> None:
+        for trial in trials[i::LANES]:
+            run_trial(rigs[i], trial, runs[i][0])
+
+    with ThreadPoolExecutor(LANES) as pool:
+        list(pool.map(lane, range(LANES)))
     names = Counter(f"{STEPS[t.step]}:{t.point.partition('#')[0]}" for t in trials)
     lost = sum(t.lost for t in trials)
     bad = [t for t in trials if t.problems]
