@@ -867,8 +867,15 @@ def _open_documents(
         raise ConfigError(msg)
     if mode == "open":  # the store as it is (revert): the documents may have changed since
         if not (store / "chroma.sqlite3").exists():
-            again = " ".join(["nudge-rag finetune", shell_path(path), "--store", shell_path(store)])
-            msg = f"no store for {str(path)!r} at {str(store)!r}: run `{again}` first, or pass --store"
+            again = ["nudge-rag finetune", shell_path(path)]
+            if store != Path(DEFAULT_STORE):
+                again += ["--store", shell_path(store)]
+            if collection is not None:
+                again += ["--collection", shlex.quote(collection)]
+            msg = (
+                f"no store for {str(path)!r} at {str(store)!r}: run `{' '.join(again)}` first, "
+                "or pass the --store it was built in"
+            )
             raise DatasetError(msg)
         return replace(_open_chroma(store, name, embedder), kind="documents", path=path)
     chunks = read_documents(path, chunk_size, exclude=store)
@@ -880,9 +887,9 @@ def _open_documents(
         stored = dict(zip(got["ids"], got["documents"] or [], strict=False))
         if stored != chunks:
             changed = sum(1 for k, v in chunks.items() if stored.get(k) != v)
-            as_is = " ".join(
-                ["nudge-rag finetune", shell_path(store), "--collection", shlex.quote(name)]
-            )
+            as_is = f"nudge-rag finetune {shell_path(store)}"
+            if len(_collection_names(client)) > 1:
+                as_is += f" --collection {shlex.quote(name)}"
             msg = (
                 f"the store {str(store)!r} already holds a collection {name!r} built from other "
                 f"documents ({len(stored)} stored chunks; {changed} of the folder's "

@@ -550,7 +550,7 @@ def test_store_option_errors(
     code, _, err = run(capsys, "evaluate", "docs", "--quiet")
     assert_clean_error(code, err, "--queries FILE is required")
     code, _, err = run(capsys, "revert", "docs")
-    assert_clean_error(code, err, "no store")
+    assert_clean_error(code, err, "no store", "run `nudge-rag finetune docs` first")
     # A store built from other documents is never overwritten.
     assert run(capsys, "finetune", "docs", "--gamma", "0.2", "--quiet")[0] == 0
     before = chroma_vectors(work / "nudge_store")
@@ -719,7 +719,7 @@ def test_a_changed_store_is_never_advised_deleted(
     # The command it offers (fine-tune the stored collection as it is) works when pasted.
     suggested = err.split("as it is: ")[1].strip()
     argv = shlex.split(suggested)
-    assert argv[:2] == ["nudge-rag", "finetune"]
+    assert argv == ["nudge-rag", "finetune", "nudge_store"]  # its only collection: no --collection
     code, _, err = run(capsys, *argv[1:], "--gamma", "0.3", "--quiet")
     assert code == 0, err
 
