@@ -23,7 +23,8 @@ processes, one of two ways (seeded):
   never from a half-written store), then revert(); the store must equal the original.
 
 No recovery may report a record as changed, adopted, deleted or mismatched: nobody but us
-touched the store. Data lost = trials whose final store differs from the original in any id,
+touched the store. Trials run in two lanes side by side, each with its own copy of the store
+(and its own dry run: identities come from paths), which must pass through the same points. Data lost = trials whose final store differs from the original in any id,
 vector, text or metadata.
 """
 
@@ -267,6 +268,7 @@ def test_kill_anywhere_then_revert_loses_nothing(zygote: Zygote, kind: str, tmp_
     if kind in K.PERSISTED:
         assert {"persist.written", "persist.file"} <= points
     assert_clean(trials, 20)
+    assert zygote.threads_now() == 1  # still single-threaded: every fork was of a sound process
 
 
 def test_kill_smoke(zygote: Zygote, tmp_path: Path):
