@@ -17,7 +17,9 @@
     │   └── WriteBackError           a write-back failed; the journal can restore the store
     ├── StateError                   saved fine-tuning state is missing, corrupt or foreign
     │   └── StoreBusyError           another fine-tune or revert of the same store is running
-    ├── QueryGenerationError         an LLM call for a chunk failed after its retries
+    ├── QueryGenerationError         generating questions for a chunk failed
+    │   ├── LLMRequestError          the provider refused the request (400/401/403): not retried
+    │   └── UnusableAnswerError      an LLM answer that is not text or holds no usable question
     └── DependencyError (ImportError) an optional dependency is not installed
 
 Every message names what is wrong: the argument, what was expected and what was received.
@@ -31,6 +33,7 @@ __all__ = [
     "DatasetError",
     "DependencyError",
     "DimensionMismatchError",
+    "LLMRequestError",
     "MetricError",
     "NonFiniteError",
     "NudgeError",
@@ -41,6 +44,7 @@ __all__ = [
     "StoreBusyError",
     "StoreError",
     "UnsupportedStoreError",
+    "UnusableAnswerError",
     "WriteBackError",
     "ZeroVectorError",
 ]
@@ -107,15 +111,58 @@ class StoreBusyError(StateError):
 
 
 class QueryGenerationError(NudgeError):
-    """An LLM call for a chunk failed after all its retries (with ``on_error="raise"``).
+    """Generating questions for a chunk failed.
+
+    Raised as such when a chunk's LLM calls all failed (with ``on_error="raise"``); its
+    subclasses name the failures that are not a plain exhausted retry.
 
     Attributes:
-        chunk_id: The chunk whose questions could not be generated.
+        chunk_id: The chunk whose questions could not be generated (``""`` if not known).
     """
 
     def __init__(self, message: str, chunk_id: str) -> None:
         super().__init__(message)
         self.chunk_id = chunk_id
+
+
+class LLMRequestError(QueryGenerationError):
+    """The LLM provider refused the request itself: authentication, permission, bad request.
+
+    Retrying cannot help (HTTP 400 / 401 / 403, or an exception such as OpenAI's and Anthropic's
+    ``AuthenticationError``, ``PermissionDeniedError`` or ``BadRequestError``), so the first one
+    ends the run at once, whatever ``on_error`` says; chunks finished before it stay in the cache.
+
+    Attributes:
+        chunk_id: The chunk whose call was refused.
+        status_code: The HTTP status, if the provider's exception carried one.
+        provider_message: The provider's own message (``str`` of its exception).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        chunk_id: str,
+        *,
+        status_code: int | None = None,
+        provider_message: str = "",
+    ) -> None:
+        super().__init__(message, chunk_id)
+        self.status_code = status_code
+        self.provider_message = provider_message
+
+
+class UnusableAnswerError(QueryGenerationError):
+    """An LLM answer that cannot be used: not text, or no usable question in it (retried).
+
+    Attributes:
+        chunk_id: The chunk asked about (``""`` where the answer was read without one).
+        reason: ``"not_text"`` (``None``, bytes, a dict or object without text) or
+            ``"no_question"`` (text, but nothing survived parsing and cleaning).
+    """
+
+    def __init__(self, message: str, chunk_id: str = "", *, reason: str) -> None:
+        super().__init__(message, chunk_id)
+        self.reason = reason
 
 
 class DependencyError(NudgeError, ImportError):

@@ -1,10 +1,27 @@
-"""Turn what an LLM really answers into clean questions.
+"""Turn what an LLM really answers into clean questions, in time linear in the answer.
 
 LLMs asked for "a JSON list of questions" return, in practice: the JSON list; the list inside a
 ```` ```json ```` fence; the list followed by prose; numbered or bulleted lines; a preamble
 ("Here are 3 questions:"); an empty answer; or an answer cut off by a token limit. :func:`parse_questions`
 handles all of these, and :func:`clean_questions` removes what would make bad training data:
-duplicates and near-duplicates, too-short questions, and questions that copy the chunk.
+duplicates and near-duplicates, too-short and too-long questions, and questions that copy the chunk.
+
+Hostile or broken answers are bounded, not trusted:
+
+* an answer is cut to :data:`MAX_ANSWER_CHARS` (64 kB, ~30 times what any sane list of questions
+  takes) before it is read; a JSON list cut there keeps its complete strings;
+* a question longer than :data:`MAX_QUESTION_CHARS` (500) is dropped (reason ``"too_long"``);
+* lone surrogates (``"\\ud800"``, bytes decoded with ``surrogateescape``) become U+FFFD, so
+  every question kept encodes as UTF-8;
+* no regex here can backtrack more than a bounded amount: leading whitespace, bullets, quotes and
+  bold markers are stripped by moving two indices (no repeated copies), bullet patterns use
+  bounded repeats, and fences are found with ``str.find``; JSON nested too deep to decode
+  (``RecursionError``) is read as prose;
+* the near-duplicate test is linear in the two questions (token-set Jaccard, then the Dice
+  coefficient of character bigrams) instead of ``difflib.SequenceMatcher``, which is quadratic
+  and took 40 s on two long questions.
+
+``benchmarks/bench_parsing.py`` times all of this on degenerate inputs up to 1 MB.
 
 Example:
     >>> parse_questions('Here are 2 questions:\\n1. What is NUDGE?\\n2) Why move records?')
@@ -15,13 +32,20 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import unicodedata
-from collections.abc import Iterable, Sequence
-from difflib import SequenceMatcher
+from collections import Counter
+from collections.abc import Iterable, MutableMapping, Sequence
+from dataclasses import dataclass
+
+from nudge_rag.errors import UnusableAnswerError
 
 __all__ = [
+    "CHAR_NEAR_THRESHOLD",
+    "MAX_ANSWER_CHARS",
+    "MAX_QUESTION_CHARS",
     "clean_questions",
     "longest_common_words",
     "near_duplicate",
@@ -29,40 +53,109 @@ __all__ = [
     "parse_questions",
 ]
 
-_FENCE = re.compile(r"```[A-Za-z0-9_-]*\s*\n?(.*?)(?:```|$)", re.S)
-_BULLET = re.compile(
-    r"""^\s*(?:
-        (?:[Qq](?:uestion)?\s*\d*\s*[:.)\-]\s*)         # Q1: / Question 2.
-      | (?:\(?\d{1,3}\s*[.):\]]\s*)                     # 1. 1) (1) 1:
-      | (?:[-*•·–—]\s+)                                 # - * •
-      | (?:\(?[a-hA-H][.)]\s+)                          # a) b.
-    )""",
-    re.X,
-)
+#: Characters of an answer that are read; the rest is cut off before parsing.
+MAX_ANSWER_CHARS = 65_536
+#: Longest question kept, in characters (after whitespace is collapsed).
+MAX_QUESTION_CHARS = 500
+#: Lowest Dice coefficient of character bigrams at which two questions are near-duplicates
+#: (or the ``near_threshold`` passed, if higher). Calibrated against the ``SequenceMatcher``
+#: ratio >= 0.9 rule it replaces: see ``benchmarks/results/parsing.md``.
+CHAR_NEAR_THRESHOLD = 0.88
+
+#: A question-drop counter: reason -> count (e.g. a :class:`collections.Counter`).
+DropCounts = MutableMapping[str, int]
+
+# A list marker at the start of a line (matched at a position, after leading whitespace). Every
+# repeat is bounded, so a failed match costs O(1) however long the whitespace after "Q" is.
+_BULLET_ALTS = r"""
+        [Qq](?:uestion)?[ \t]{0,4}(?:\d{1,4}[ \t]{0,4})?[:.)\-]   # Q1: / Question 2.
+      | \(?\d{1,3}[ \t]{0,4}[.):\]]                               # 1. 1) (1) 1:
+      | [-*•·–—](?=\s)                                            # - * •
+      | \(?[a-hA-H][.)](?=\s)                                     # a) b.
+"""
+_BULLET = re.compile(f"(?:{_BULLET_ALTS})", re.X)
+# A run of markers ("- 1. Q2:"), stripped in one call. Each marker starts with a character that
+# is not whitespace, so the whitespace between two of them splits one way only: no backtracking.
+_BULLET_RUN = re.compile(f"(?:{_BULLET_ALTS})(?:\\s*(?:{_BULLET_ALTS}))*", re.X)
+# Matched on the first 40 characters of an item only (see _squash_head): bounded work.
 _PREAMBLE = re.compile(
-    r"^\s*(?:sure|certainly|okay|ok|of course|here\s+(?:are|is)|below\s+(?:are|is)|the\s+following|"
+    r"\s*(?:sure|certainly|okay|ok|of course|here\s+(?:are|is)|below\s+(?:are|is)|the\s+following|"
     r"these\s+are|i\s+(?:have|will|can)|questions?\s*:|answer\s*:|output\s*:|json\s*:)",
     re.I,
 )
+# One JSON string literal after optional whitespace and one optional comma: the two whitespace
+# runs are separated by the comma, so a run not followed by a string fails in one pass.
+_JSON_STRING = re.compile(r'\s*(?:,\s*)?("(?:[^"\\]|\\.)*")', re.S)
+_WS = re.compile(r"\s+")
 _TOKEN = re.compile(r"\w+", re.U)
-_QUOTES = "\"'“”‘’`"
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_QUOTES = frozenset("\"'“”‘’`")
+_FENCE_TAG = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
+_JSON_KEYS_ITEM = ("question", "query", "q", "text")
+_JSON_KEYS_LIST = ("questions", "queries", "items", "results")
+
+
+def _count(drops: DropCounts | None, reason: str, k: int = 1) -> None:
+    if drops is not None and k:
+        drops[reason] = drops.get(reason, 0) + k
+
+
+def scrub_surrogates(text: str) -> str:
+    """``text`` with lone surrogates replaced by U+FFFD (a valid pair is joined into its char)."""
+    if _SURROGATE.search(text) is None:
+        return text
+    return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+
+
+def _skip_ws(s: str, i: int, j: int) -> int:
+    m = _WS.match(s, i, j)
+    return m.end() if m else i
+
+
+def _trim(s: str, i: int, j: int) -> tuple[int, int]:
+    i = _skip_ws(s, i, j)
+    while j > i and s[j - 1].isspace():
+        j -= 1
+    return i, j
 
 
 def _strip_item(s: str) -> str:
-    s = s.strip()
-    prev = None
-    while prev != s:
-        prev = s
-        s = _BULLET.sub("", s, count=1).strip()
-        if len(s) >= 2 and s[0] in _QUOTES and s[-1] in _QUOTES:  # an enclosing pair only
-            s = s[1:-1].strip()
-        s = s.rstrip(",").strip()
-        s = re.sub(r"^\*\*(.*)\*\*$", r"\1", s).strip()  # markdown bold
-    return s
+    """Strip whitespace, list markers, one enclosing quote pair, trailing commas and ``**bold**``,
+    repeatedly, until nothing changes. Two indices move inward: linear in ``len(s)``."""
+    i, j = _trim(s, 0, len(s))
+    while True:
+        before = (i, j)
+        m = _BULLET_RUN.match(s, i, j)
+        if m:
+            i, j = _trim(s, m.end(), j)
+        if j - i >= 2 and s[i] in _QUOTES and s[j - 1] in _QUOTES:  # enclosing pairs only
+            k = 1  # '""""x""""': as many pairs as both runs of quotes allow, in one step
+            while k < (j - i) // 2 and s[i + k] in _QUOTES and s[j - 1 - k] in _QUOTES:
+                k += 1
+            i, j = _trim(s, i + k, j - k)
+        while j > i and s[j - 1] == ",":
+            j -= 1
+        i, j = _trim(s, i, j)
+        if j - i >= 4 and s.startswith("**", i, j) and s.endswith("**", i, j):  # markdown bold
+            i, j = _trim(s, i + 2, j - 2)
+        if (i, j) == before:
+            return s[i:j]
+
+
+def _is_marked(line: str) -> bool:
+    """Whether a line starts (after whitespace) with a number, bullet or ``Q1:`` label."""
+    return _BULLET.match(line, _skip_ws(line, 0, len(line))) is not None
 
 
 def _json_strings(obj: object) -> list[str]:
     """Strings of a parsed JSON value: a list of strings, of {"question": ...}, or a dict of lists."""
+    for _ in range(4):  # {"questions": {"items": [...]}}: unwrap a few dicts, iteratively
+        if not isinstance(obj, dict):
+            break
+        key = next((k for k in _JSON_KEYS_LIST if k in obj), None)
+        if key is None:
+            return []
+        obj = obj[key]
     out: list[str] = []
     if isinstance(obj, str):
         out.append(obj)
@@ -71,14 +164,10 @@ def _json_strings(obj: object) -> list[str]:
             if isinstance(x, str):
                 out.append(x)
             elif isinstance(x, dict):
-                for key in ("question", "query", "q", "text"):
+                for key in _JSON_KEYS_ITEM:
                     if isinstance(x.get(key), str):
                         out.append(x[key])
                         break
-    elif isinstance(obj, dict):
-        for key in ("questions", "queries", "items", "results"):
-            if key in obj:
-                return _json_strings(obj[key])
     return out
 
 
@@ -88,29 +177,49 @@ def _salvage_json_list(text: str) -> list[str] | None:
     if start < 0:
         return None
     # Whole list first (the first balanced one, prose after it ignored).
-    dec = json.JSONDecoder()
     try:
-        obj, _ = dec.raw_decode(text[start:])
+        obj, _ = json.JSONDecoder().raw_decode(text, start)
+    except (ValueError, RecursionError):  # not JSON, cut off, or nested too deep to decode
+        pass
+    else:
         got = _json_strings(obj)
         if got or obj == []:
             return got
-    except ValueError:
-        pass
     # Truncated: read complete string literals one by one.
-    body = text[start + 1 :]
     out: list[str] = []
-    pos = 0
-    string = re.compile(r'\s*,?\s*("(?:[^"\\]|\\.)*")', re.S)
+    pos = start + 1
     while True:
-        m = string.match(body, pos)
+        m = _JSON_STRING.match(text, pos)
         if not m:
             break
         try:
             out.append(json.loads(m.group(1)))
-        except ValueError:  # pragma: no cover - the regex only matches valid literals
+        except ValueError:  # a control character or a bad escape inside the literal
             break
         pos = m.end()
     return out or None
+
+
+def _fenced_blocks(text: str) -> list[str]:
+    """Bodies of ```` ``` ```` fences (language tag and leading whitespace skipped); an unclosed
+    fence runs to the end. Found with ``str.find``: linear."""
+    out: list[str] = []
+    n = len(text)
+    pos = 0
+    while True:
+        i = text.find("```", pos)
+        if i < 0:
+            return out
+        j = i + 3
+        while j < n and text[j] in _FENCE_TAG:
+            j += 1
+        j = _skip_ws(text, j, n)
+        end = text.find("```", j)
+        if end < 0:
+            out.append(text[j:])
+            return out
+        out.append(text[j:end])
+        pos = end + 3
 
 
 def _looks_truncated(line: str) -> bool:
@@ -118,7 +227,25 @@ def _looks_truncated(line: str) -> bool:
     return not s.endswith(("?", ".", "!", ")", '"', "'", "”", "’"))
 
 
-def parse_questions(answer: str | None) -> list[str]:
+def _bounded(items: Iterable[str], max_chars: int | None, drops: DropCounts | None) -> list[str]:
+    out = []
+    for q in items:
+        if not q:
+            continue
+        if max_chars is not None and len(q) > max_chars:
+            _count(drops, "too_long")
+            continue
+        out.append(q)
+    return out
+
+
+def parse_questions(
+    answer: str | None,
+    *,
+    max_answer_chars: int | None = MAX_ANSWER_CHARS,
+    max_question_chars: int | None = MAX_QUESTION_CHARS,
+    drops: DropCounts | None = None,
+) -> list[str]:
     """Extract the questions of an LLM answer, in order, stripped of numbering and quotes.
 
     Understands: a JSON list of strings (or of ``{"question": ...}`` objects, or
@@ -127,34 +254,52 @@ def parse_questions(answer: str | None) -> list[str]:
     ``2)``, ``(3)``, ``Q4:``) or bulleted (``-``, ``*``, ``•``); preamble and closing lines that are
     not questions. In a line-based answer that was cut off, a last line that does not end like a
     sentence is dropped. An empty or whitespace answer gives ``[]``.
+
+    Time and output are linear in ``min(len(answer), max_answer_chars)``, whatever the answer.
+
+    Args:
+        answer: The LLM's answer text (``None`` reads as empty).
+        max_answer_chars: Characters read; the rest is cut off first (``None``: read it all).
+        max_question_chars: Longer questions are dropped (``None``: keep them).
+        drops: A counter to add dropped questions to, by reason (``"too_long"``).
+
+    Raises:
+        UnusableAnswerError: ``answer`` is not a ``str`` (reason ``"not_text"``).
     """
-    if not answer or not answer.strip():
+    if answer is None:
         return []
-    text = unicodedata.normalize("NFKC", str(answer)).replace("\r\n", "\n").strip()
-    fenced = _FENCE.findall(text)
+    if not isinstance(answer, str):
+        msg = f"an LLM answer must be text (str); received {type(answer).__name__}"
+        raise UnusableAnswerError(msg, reason="not_text")
+    if max_answer_chars is not None and len(answer) > max_answer_chars:
+        answer = answer[:max_answer_chars]
+    if not answer or answer.isspace():
+        return []
+    text = unicodedata.normalize("NFKC", scrub_surrogates(answer)).replace("\r\n", "\n").strip()
+    fenced = _fenced_blocks(text)
     candidates = [f for f in fenced if f.strip()] + [text]
     for cand in candidates:
         if "[" in cand:
             got = _salvage_json_list(cand)
-            if got is not None and (got or cand.strip().startswith("[")):
-                return [q for q in (_strip_item(x) for x in got) if q]
+            if got is not None and (got or cand.lstrip().startswith("[")):
+                return _bounded((_strip_item(x) for x in got), max_question_chars, drops)
         stripped = cand.strip()
         if stripped.startswith("{"):
             try:
                 got = _json_strings(json.loads(stripped))
-            except ValueError:
+            except (ValueError, RecursionError):
                 got = []
             if got:
-                return [q for q in (_strip_item(x) for x in got) if q]
+                return _bounded((_strip_item(x) for x in got), max_question_chars, drops)
     body = fenced[0] if fenced and fenced[0].strip() else text
-    lines = [ln for ln in body.split("\n") if ln.strip()]
     items: list[tuple[str, bool]] = []  # (text, was it marked as a list item)
-    for ln in lines:
-        marked = bool(_BULLET.match(ln))
+    for ln in body.split("\n"):
+        if not ln or ln.isspace():
+            continue
         item = _strip_item(ln)
         if not item or item in {"[", "]", "```"}:
             continue
-        items.append((item, marked))
+        items.append((item, _is_marked(ln)))
     if not items:
         return []
     any_marked = any(m for _, m in items)
@@ -162,14 +307,18 @@ def parse_questions(answer: str | None) -> list[str]:
     for i, (item, marked) in enumerate(items):
         if any_marked and not marked and not item.endswith("?"):
             continue  # prose around a numbered / bulleted list
-        if not marked and _PREAMBLE.match(item) and item.endswith(":"):
-            continue
-        if not marked and _PREAMBLE.match(item) and not item.endswith("?"):
-            continue
+        if not marked and not item.endswith("?") and _PREAMBLE.match(_squash_head(item)):
+            continue  # "Here are 3 questions:", "Sure, ..."
         if i == len(items) - 1 and len(items) > 1 and _looks_truncated(item):
             continue  # cut off by a token limit
         out.append(item)
-    return out
+    return _bounded(out, max_question_chars, drops)
+
+
+def _squash_head(item: str) -> str:
+    """The first 40 characters of ``item``, whitespace runs collapsed to one space (enough for
+    the preamble pattern, whose phrases are short)."""
+    return " ".join(item[:40].split())
 
 
 def normalize_question(q: str) -> str:
@@ -178,32 +327,60 @@ def normalize_question(q: str) -> str:
     return " ".join(_TOKEN.findall(q))
 
 
-def _tokens(q: str) -> set[str]:
-    return set(_TOKEN.findall(unicodedata.normalize("NFKC", q).lower()))
+@dataclass(frozen=True)
+class _Features:
+    """What the near-duplicate test compares, computed once per question."""
+
+    tokens: frozenset[str]
+    bigrams: Counter[str]
+    n_bigrams: int
+
+
+def _features(q: str) -> _Features:
+    norm = normalize_question(q)
+    padded = f" {norm} "
+    bigrams = Counter(a + b for a, b in itertools.pairwise(padded))
+    return _Features(frozenset(norm.split()), bigrams, len(padded) - 1)
+
+
+def _near(fa: _Features, fb: _Features, threshold: float) -> bool:
+    if fa.tokens and fb.tokens:
+        inter = len(fa.tokens & fb.tokens)
+        if inter >= threshold * (len(fa.tokens) + len(fb.tokens) - inter):
+            return True
+    t = max(threshold, CHAR_NEAR_THRESHOLD)
+    na, nb = fa.n_bigrams, fb.n_bigrams
+    if 2 * min(na, nb) < t * (na + nb):  # the lengths alone rule it out
+        return False
+    small, big = (
+        (fa.bigrams, fb.bigrams) if len(fa.bigrams) <= len(fb.bigrams) else (fb.bigrams, fa.bigrams)
+    )
+    common = sum(min(c, big.get(g, 0)) for g, c in small.items())
+    return 2 * common >= t * (na + nb)
 
 
 def near_duplicate(a: str, b: str, threshold: float = 0.8) -> bool:
-    """Whether two questions are near-duplicates: token Jaccard or character ratio >= threshold."""
-    ta, tb = _tokens(a), _tokens(b)
-    if ta and tb and len(ta & tb) / len(ta | tb) >= threshold:
-        return True
-    na, nb = normalize_question(a), normalize_question(b)
-    return SequenceMatcher(None, na, nb, autojunk=False).ratio() >= max(threshold, 0.9)
+    """Whether two questions are near-duplicates, in time linear in their lengths.
+
+    True if the Jaccard index of their word sets is at least ``threshold``, or if the Dice
+    coefficient of the character bigrams of their normalised forms (:func:`normalize_question`,
+    padded with a space) is at least ``max(threshold, CHAR_NEAR_THRESHOLD)``: the second test
+    catches typos and inflections ("statin" / "statins"), as the ``SequenceMatcher`` ratio did.
+    """
+    return _near(_features(a), _features(b), threshold)
 
 
-def longest_common_words(query: str, text: str) -> int:
-    """Length, in words, of the longest run of consecutive words the query shares with the text."""
-    qw = _TOKEN.findall(query.lower())
-    tw = _TOKEN.findall(text.lower())
-    if not qw or not tw:
-        return 0
-    # dynamic programming over the (short) query; positions of each text word
+def _word_positions(text: str) -> dict[str, list[int]]:
     where: dict[str, list[int]] = {}
-    for i, w in enumerate(tw):
+    for i, w in enumerate(_TOKEN.findall(text.lower())):
         where.setdefault(w, []).append(i)
+    return where
+
+
+def _longest_run(query: str, where: dict[str, list[int]]) -> int:
     best = 0
     prev: dict[int, int] = {}
-    for w in qw:
+    for w in _TOKEN.findall(query.lower()):
         cur: dict[int, int] = {}
         for i in where.get(w, ()):
             cur[i] = prev.get(i - 1, 0) + 1
@@ -213,6 +390,11 @@ def longest_common_words(query: str, text: str) -> int:
     return best
 
 
+def longest_common_words(query: str, text: str) -> int:
+    """Length, in words, of the longest run of consecutive words the query shares with the text."""
+    return _longest_run(query, _word_positions(text))
+
+
 def clean_questions(
     questions: Iterable[str],
     *,
@@ -220,12 +402,17 @@ def clean_questions(
     n: int | None = None,
     min_words: int = 3,
     min_chars: int = 10,
+    max_chars: int | None = MAX_QUESTION_CHARS,
     max_copy_words: int | None = 12,
     max_copy_fraction: float = 0.9,
     near_threshold: float | None = 0.8,
     seen: Sequence[str] = (),
+    drops: DropCounts | None = None,
 ) -> list[str]:
-    """Drop duplicates, near-duplicates, too-short questions and verbatim copies of the chunk.
+    """Drop duplicates, near-duplicates, too-short and too-long questions and copies of the chunk.
+
+    Every question is compared with the ones kept before it (linear time per pair), so the cost
+    is linear in the total length of ``questions`` times the number kept (at most ``n``).
 
     Args:
         questions: Parsed questions, in preference order.
@@ -235,32 +422,50 @@ def clean_questions(
         n: Keep at most this many.
         min_words: Fewer words than this is too short.
         min_chars: Fewer characters than this is too short.
+        max_chars: More characters than this (after whitespace is collapsed) is too long
+            (``None``: no bound).
         max_copy_words: Longest shared run of words allowed (``None``: no copy check).
         max_copy_fraction: Share of the question's words allowed to be one run of the chunk
             (for questions of ``max_copy_words`` words or fewer this only applies from 8 words).
-        near_threshold: Token Jaccard at or above which two questions are near-duplicates (``None``: keep them).
+        near_threshold: Token Jaccard at or above which two questions are near-duplicates (see
+            :func:`near_duplicate`; ``None``: keep them).
         seen: Questions already kept (e.g. for the same chunk in an earlier run).
+        drops: A counter to add dropped questions to, by reason: ``"too_short"``,
+            ``"too_long"``, ``"duplicate"``, ``"copy"``, ``"near_duplicate"``, and ``"extra"``
+            for those left once ``n`` were kept.
     """
+    qs = list(questions)
     kept: list[str] = []
     keys = {normalize_question(s) for s in seen}
-    pool = list(seen)
-    for q in questions:
-        q = " ".join(str(q).split())
-        if len(q) < min_chars or len(_TOKEN.findall(q)) < min_words:
+    pool = [_features(s) for s in seen] if near_threshold is not None else []
+    where = _word_positions(context) if context and max_copy_words is not None else None
+    for idx, q in enumerate(qs):
+        q = scrub_surrogates(" ".join(str(q).split()))
+        if max_chars is not None and len(q) > max_chars:
+            _count(drops, "too_long")
+            continue
+        nwords = len(_TOKEN.findall(q))
+        if len(q) < min_chars or nwords < min_words:
+            _count(drops, "too_short")
             continue
         key = normalize_question(q)
         if not key or key in keys:
+            _count(drops, "duplicate" if key else "too_short")
             continue
-        if context and max_copy_words is not None:
-            run = longest_common_words(q, context)
-            nwords = len(_TOKEN.findall(q))
+        if where is not None and max_copy_words is not None:
+            run = _longest_run(q, where)
             if run > max_copy_words or (nwords >= 8 and run >= max_copy_fraction * nwords):
+                _count(drops, "copy")
                 continue
-        if near_threshold is not None and any(near_duplicate(q, p, near_threshold) for p in pool):
-            continue
+        if near_threshold is not None:
+            feats = _features(q)
+            if any(_near(feats, p, near_threshold) for p in pool):
+                _count(drops, "near_duplicate")
+                continue
+            pool.append(feats)
         keys.add(key)
-        pool.append(q)
         kept.append(q)
         if n is not None and len(kept) >= n:
+            _count(drops, "extra", len(qs) - idx - 1)
             break
     return kept
