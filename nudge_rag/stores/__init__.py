@@ -21,7 +21,14 @@ LangChain InMemoryVectorStore cosine                                   bit for b
 Chroma (both, or collection)  its space: l2 (default), cosine, ip=dot  bit for bit; cosine ~1e-7
 Qdrant (both)                 its distance: Cosine, Dot, Euclid=l2     bit for bit; Cosine: unit
 FAISS flat (both)             the index's: IP=dot, L2=l2               bit for bit
+pgvector (LlamaIndex)         cosine (its queries use ``<=>``)         bit for bit
+pgvector (LangChain, both)    its distance_strategy: cosine, l2, dot   bit for bit
+Milvus (both)                 its index's: COSINE, IP=dot, L2=l2       bit for bit
+LanceDB (both)                l2; with a vector index, the index's     bit for bit
 ============================  =======================================  ========================
+
+``search`` and ``top_scores`` are exact on flat stores and approximate where the store searches
+an index (HNSW, IVF): see each adapter's ``exact_search``.
 """
 
 from __future__ import annotations

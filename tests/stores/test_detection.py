@@ -26,6 +26,16 @@ FRAMEWORKS_AND_CLIENTS = [
     "qdrant_client",
     "faiss",
     "torch",
+    "sqlalchemy",
+    "psycopg",
+    "psycopg2",
+    "asyncpg",
+    "langchain_postgres",
+    "pymilvus",
+    "milvus_lite",
+    "langchain_milvus",
+    "lancedb",
+    "lance",
 ]
 
 
@@ -68,6 +78,13 @@ def test_supported_stores_are_the_adapter_names() -> None:
         "langchain-qdrant",
         "langchain-faiss",
         "chroma",
+        "llamaindex-pgvector",
+        "langchain-pgvectorstore",
+        "langchain-pgvector",
+        "llamaindex-milvus",
+        "langchain-milvus",
+        "llamaindex-lancedb",
+        "langchain-lancedb",
     ]
 
 
