@@ -11,6 +11,12 @@ a run with another prompt, is generated again. Entries are keyed by id, never by
 adding, removing or reordering chunks never shifts answers onto the wrong chunk (the flaw of
 LlamaIndex's ``generate_qa_embedding_pairs`` resume). A later line for the same chunk wins. A
 torn last line (the process died mid-write) is ignored.
+
+Odd Unicode cannot break it. Lines are UTF-8 JSON; a line whose text holds a lone surrogate
+(``"\\ud800"``, which UTF-8 cannot encode) is written with ``\\uXXXX`` escapes instead, and reads
+back to the same string. Hashes encode with ``surrogatepass``. On reading, a line that is not
+valid UTF-8 or not a well-formed entry (``questions`` a list of strings) is skipped and counted,
+never fatal.
 """
 
 from __future__ import annotations
@@ -29,14 +35,35 @@ logger = logging.getLogger(__name__)
 
 
 def text_sha256(text: str) -> str:
-    """sha256 hex digest of a chunk's text (UTF-8)."""
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    """sha256 hex digest of a chunk's text (UTF-8; lone surrogates pass through as such)."""
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def config_hash(*parts: object) -> str:
     """A short stable hash of the settings that shape the answers (prompt, n, generator tag)."""
     blob = json.dumps([str(p) for p in parts], ensure_ascii=False)
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
+    return hashlib.sha256(blob.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+def _json_line(obj: object) -> str:
+    """One JSON line, readable UTF-8 when possible, ``\\uXXXX``-escaped when the text holds
+    what UTF-8 cannot encode (lone surrogates); both read back to the same strings."""
+    line = json.dumps(obj, ensure_ascii=False)
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:
+        line = json.dumps(obj, ensure_ascii=True)
+    return line
+
+
+def _entry(obj: object) -> tuple[str, str, str, list[str]]:
+    """``(chunk id, text sha256, config, questions)`` of a parsed line, or ValueError."""
+    if not isinstance(obj, dict):
+        raise ValueError("not a JSON object")
+    qs = obj["questions"]
+    if not isinstance(qs, list) or not all(isinstance(q, str) for q in qs):
+        raise ValueError("questions is not a list of strings")
+    return str(obj["chunk_id"]), str(obj["text_sha256"]), str(obj["config"]), qs
 
 
 class QueryCache:
@@ -68,18 +95,14 @@ class QueryCache:
         if not self.path.is_file():
             return
         torn = 0
-        with open(self.path, encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
+        with open(self.path, "rb") as fh:  # decoded line by line: one bad byte spoils one line
+            for lineno, raw in enumerate(fh, 1):
+                if not raw.strip():
                     continue
                 self.n_lines += 1
                 try:
-                    obj = json.loads(line)
-                    cid = str(obj["chunk_id"])
-                    digest = str(obj["text_sha256"])
-                    cfg = str(obj["config"])
-                    qs = [str(q) for q in obj["questions"]]
-                except (ValueError, KeyError, TypeError):
+                    cid, digest, cfg, qs = _entry(json.loads(raw.decode("utf-8")))
+                except (ValueError, KeyError, TypeError, RecursionError):
                     torn += 1
                     logger.warning("%s:%d: unreadable cache line ignored", self.path, lineno)
                     continue
@@ -103,16 +126,19 @@ class QueryCache:
         return list(hit[1])
 
     def put(self, chunk_id: str, text: str, questions: Sequence[str]) -> None:
-        """Record the questions of one chunk: one line, appended and flushed at once."""
+        """Record the questions of one chunk: one line, appended and flushed at once.
+
+        Raises:
+            OSError: The file cannot be written (the entry is still kept in memory).
+        """
         digest = text_sha256(text)
-        line = json.dumps(
+        line = _json_line(
             {
                 "chunk_id": chunk_id,
                 "text_sha256": digest,
                 "config": self.config,
                 "questions": list(questions),
-            },
-            ensure_ascii=False,
+            }
         )
         if self._fh is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -124,9 +150,9 @@ class QueryCache:
             self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - kept open
             if needs_newline:
                 self._fh.write("\n")
+        self._entries[chunk_id] = (digest, list(questions))
         self._fh.write(line + "\n")
         self._fh.flush()
-        self._entries[chunk_id] = (digest, list(questions))
 
     def close(self) -> None:
         """Close the file (further :meth:`put` calls reopen it)."""

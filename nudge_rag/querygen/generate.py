@@ -9,6 +9,14 @@ Example:
     (['What does NUDGE move?', 'Why are record vectors moved?'], ['c1'])
     >>> ds.stats.n_queries, ds.stats.n_failed
     (2, 0)
+
+What an LLM answers is not trusted: an answer is read inside the per-call timeout (parsing and
+cleaning run in a worker thread, in the same awaited unit as the call), is cut to
+:data:`~nudge_rag.querygen.parsing.MAX_ANSWER_CHARS` first, and must be text; a request the
+provider refuses (HTTP 400 / 401 / 403, ``AuthenticationError`` ...) ends the run at once with
+:class:`~nudge_rag.errors.LLMRequestError` instead of being retried; a cache line that cannot be
+written is logged and counted, and the chunk's questions are kept. ``stats.rejected`` and
+``stats.dropped`` count what was refused, by reason.
 """
 
 from __future__ import annotations
@@ -18,19 +26,32 @@ import concurrent.futures
 import logging
 import random
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 
-from nudge_rag.errors import ConfigError, DependencyError, QueryGenerationError, require
+from nudge_rag.errors import (
+    ConfigError,
+    DependencyError,
+    LLMRequestError,
+    QueryGenerationError,
+    UnusableAnswerError,
+    require,
+)
 from nudge_rag.evaluation.datasets import QADataset
 from nudge_rag.querygen.cache import QueryCache, config_hash
 from nudge_rag.querygen.filter import RoundTrip, RoundTripReport, round_trip_ranks
-from nudge_rag.querygen.llm import as_async_llm, describe_llm
+from nudge_rag.querygen.llm import (
+    as_async_llm,
+    describe_llm,
+    request_error_status,
+    run_in_daemon_thread,
+)
 from nudge_rag.querygen.offline import OfflineGenerator
-from nudge_rag.querygen.parsing import clean_questions, parse_questions
+from nudge_rag.querygen.parsing import MAX_ANSWER_CHARS, clean_questions, parse_questions
 from nudge_rag.querygen.prompts import DEFAULT_PROMPT, check_prompt, render_prompt
 
 __all__ = [
@@ -45,10 +66,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-class _MalformedAnswer(Exception):
-    """The LLM answered, but no usable question could be read from the answer (retried)."""
-
-
 @dataclass(frozen=True)
 class GenerationStats:
     """How a generation run went.
@@ -60,13 +77,27 @@ class GenerationStats:
         n_generated: Chunks generated in this run.
         n_failed: Chunks that failed after their retries (skipped).
         n_queries: Queries in the dataset.
-        n_dropped: Parsed questions dropped by cleaning (duplicates, too short, copies).
+        n_dropped: Parsed questions dropped by cleaning (duplicates, too short or too long,
+            copies); ``sum(dropped.values())``.
         n_short: Chunks that got fewer than ``queries_per_chunk`` queries.
         llm_calls: LLM calls made, retries included.
         retries: Calls that were retries.
         seconds: Wall time of the run.
         failures: chunk id -> last error, for failed chunks.
         round_trip: Result of the round-trip check, if one was asked for.
+        dropped: Questions dropped, by reason: ``"too_short"``, ``"too_long"`` (over
+            :data:`~nudge_rag.querygen.parsing.MAX_QUESTION_CHARS`), ``"duplicate"``,
+            ``"near_duplicate"``, ``"copy"`` (of the chunk), ``"extra"`` (beyond
+            ``queries_per_chunk``).
+        rejected: LLM calls that gave no usable answer, by reason: ``"timeout"``, ``"error"``
+            (an exception, retried), ``"request_error"`` (refused by the provider, not retried),
+            ``"not_text"`` (``None``, bytes, an object without text), ``"no_question"`` (text
+            with no usable question). Their sum is ``llm_calls - n_generated`` for a run that
+            was not stopped.
+        n_truncated: Answers longer than :data:`~nudge_rag.querygen.parsing.MAX_ANSWER_CHARS`,
+            cut to it before parsing.
+        cache_errors: Finished chunks whose cache line could not be written (their questions
+            are in the dataset; a later run asks for them again).
     """
 
     generator: str
@@ -82,6 +113,10 @@ class GenerationStats:
     seconds: float
     failures: dict[str, str] = field(default_factory=dict)
     round_trip: RoundTripReport | None = None
+    dropped: dict[str, int] = field(default_factory=dict)
+    rejected: dict[str, int] = field(default_factory=dict)
+    n_truncated: int = 0
+    cache_errors: int = 0
 
     @property
     def chunks_per_second(self) -> float:
@@ -122,11 +157,14 @@ class _Run:
     cached: int = 0
     generated: int = 0
     failed: int = 0
-    dropped: int = 0
     calls: int = 0
     retries: int = 0
+    truncated: int = 0
+    cache_errors: int = 0
     t0: float = field(default_factory=time.perf_counter)
     failures: dict[str, str] = field(default_factory=dict)
+    dropped: Counter[str] = field(default_factory=Counter)
+    rejected: Counter[str] = field(default_factory=Counter)
 
     def tick(self) -> None:
         if self.bar is None:
@@ -226,9 +264,9 @@ async def agenerate_queries(
         run.bar = _progress(len(ids), show_progress, "offline queries")
         raw = gen.generate(corpus, n, only=ids)
         for cid in ids:
-            kept = clean_questions(raw[cid], n=n, min_words=1, min_chars=3)
-            run.dropped += len(raw[cid]) - len(kept)
-            per_chunk[cid] = kept
+            per_chunk[cid] = clean_questions(
+                raw[cid], n=n, min_words=1, min_chars=3, drops=run.dropped
+            )
             run.generated += 1
             run.tick()
     else:
@@ -252,9 +290,10 @@ async def agenerate_queries(
             run.bar.update(run.cached)
         if cache is not None and run.cached:
             logger.info("query cache: %d of %d chunks already done", run.cached, len(ids))
-        executor = concurrent.futures.ThreadPoolExecutor(max_concurrency)
         try:
-            call = as_async_llm(llm, executor=executor)
+            # Sync callables run in daemon threads (no pool): a hung call is abandoned at its
+            # timeout and neither holds a worker nor keeps the process from exiting.
+            call = as_async_llm(llm)
             await _run_llm(
                 call,
                 todo,
@@ -276,7 +315,6 @@ async def agenerate_queries(
                 near_duplicate=near_duplicate,
             )
         finally:
-            executor.shutdown(wait=False, cancel_futures=True)
             if cache is not None:
                 cache.close()
             if run.bar is not None:
@@ -291,6 +329,7 @@ async def agenerate_queries(
                     min_words=min_words,
                     max_copy_words=max_copy_words,
                     near_threshold=near_duplicate,
+                    drops=run.dropped,
                 )
     if run.bar is not None and llm is None:
         run.bar.close()
@@ -317,13 +356,17 @@ async def agenerate_queries(
         n_generated=run.generated,
         n_failed=run.failed,
         n_queries=len(queries),
-        n_dropped=run.dropped,
+        n_dropped=sum(run.dropped.values()),
         n_short=n_short,
         llm_calls=run.calls,
         retries=run.retries,
         seconds=time.perf_counter() - run.t0,
         failures=dict(run.failures),
         round_trip=report,
+        dropped=dict(run.dropped),
+        rejected=dict(run.rejected),
+        n_truncated=run.truncated,
+        cache_errors=run.cache_errors,
     )
     logger.info(
         "generated %d queries for %d chunks (%d cached, %d new, %d failed) in %.1f s",
@@ -354,50 +397,82 @@ async def _run_llm(
     max_copy_words: int | None,
     near_duplicate: float | None,
 ) -> None:
-    """Generate for ``todo`` with ``max_concurrency`` workers; each LLM call holds the semaphore."""
+    """Generate for ``todo`` with ``max_concurrency`` workers; each LLM call holds the semaphore.
+
+    One attempt is one awaited unit under ``timeout``: the call, then reading its answer (parse
+    and clean, in a daemon thread so a large answer cannot stall the event loop). A refused
+    request (:func:`~nudge_rag.querygen.llm.request_error_status`) raises
+    :class:`LLMRequestError` at once; every other failure is retried.
+    """
     sem = asyncio.Semaphore(max_concurrency)
     queue = iter(todo)
+
+    async def attempt(prompt_text: str, text: str) -> _Reading:
+        answer = await call(prompt_text)
+        if isinstance(answer, str) and len(answer) > MAX_ANSWER_CHARS:
+            run.truncated += 1
+        return await run_in_daemon_thread(
+            _read_answer, answer, text, n, min_words, max_copy_words, near_duplicate,
+            name="nudge-parse",
+        )  # fmt: skip
 
     async def one(cid: str) -> None:
         text = corpus[cid]
         prompt_text = render_prompt(template, text, n)
         last: BaseException | None = None
-        for attempt in range(retries + 1):
-            if attempt:
+        for i in range(retries + 1):
+            if i:
                 run.retries += 1
-                delay = min(max_backoff, backoff * 2 ** (attempt - 1)) * (0.5 + rng.random())
+                delay = min(max_backoff, backoff * 2 ** (i - 1)) * (0.5 + rng.random())
                 await asyncio.sleep(delay)
             run.calls += 1
             try:
                 async with sem:
-                    answer = await asyncio.wait_for(call(prompt_text), timeout)
-                parsed = parse_questions(answer)
-                kept = clean_questions(
-                    parsed,
-                    context=text,
-                    n=n,
-                    min_words=min_words,
-                    max_copy_words=max_copy_words,
-                    near_threshold=near_duplicate,
-                )
-                if not kept:
-                    raise _MalformedAnswer(
-                        f"no usable question in the answer ({len(parsed)} parsed): {answer[:120]!r}"
-                    )
+                    got = await asyncio.wait_for(attempt(prompt_text, text), timeout)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                refused, status = request_error_status(exc)
+                if refused:
+                    run.rejected["request_error"] += 1
+                    run.failed += 1
+                    run.failures[cid] = repr(exc)
+                    run.tick()
+                    code = f"HTTP {status}, " if status is not None else ""
+                    msg = (
+                        f"the LLM refused the request for chunk {cid!r} ({code}"
+                        f"{type(exc).__name__}): {exc}; not retried and the run is stopped: "
+                        "check the API key, its permissions, the model name and the prompt "
+                        "(chunks finished before are in the cache)"
+                    )
+                    raise LLMRequestError(
+                        msg, cid, status_code=status, provider_message=str(exc)
+                    ) from exc
+                if isinstance(exc, UnusableAnswerError):
+                    exc.chunk_id = cid
+                    run.rejected[exc.reason] += 1
+                elif isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+                    run.rejected["timeout"] += 1
+                else:
+                    run.rejected["error"] += 1
                 last = exc
-                logger.debug("chunk %r attempt %d failed: %r", cid, attempt + 1, exc)
+                logger.debug("chunk %r attempt %d failed: %r", cid, i + 1, exc)
                 continue
-            run.dropped += len(parsed) - len(kept)
-            per_chunk[cid] = kept
+            run.dropped.update(got.drops)
+            per_chunk[cid] = got.kept
             if cache is not None:
-                cache.put(cid, text, kept)
+                try:
+                    cache.put(cid, text, got.kept)
+                except (OSError, ValueError, TypeError) as exc:  # the questions are kept anyway
+                    run.cache_errors += 1
+                    logger.warning(
+                        "query cache %s: chunk %r not written (%r); its questions are kept "
+                        "for this run", cache.path, cid, exc,
+                    )  # fmt: skip
             run.generated += 1
             run.tick()
             return
-        err = "timed out" if isinstance(last, asyncio.TimeoutError) else repr(last)
+        err = "timed out" if isinstance(last, (asyncio.TimeoutError, TimeoutError)) else repr(last)
         run.failed += 1
         run.failures[cid] = err
         run.tick()
@@ -420,6 +495,47 @@ async def _run_llm(
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         raise
+
+
+@dataclass(frozen=True)
+class _Reading:
+    """The questions read from one answer, and what was dropped on the way."""
+
+    kept: list[str]
+    drops: Counter[str]
+
+
+def _read_answer(
+    answer: str,
+    context: str,
+    n: int,
+    min_words: int,
+    max_copy_words: int | None,
+    near_threshold: float | None,
+) -> _Reading:
+    """Parse and clean one answer (runs in a worker thread, inside the call's timeout).
+
+    Raises:
+        UnusableAnswerError: ``answer`` is not text, or no usable question is left.
+    """
+    drops: Counter[str] = Counter()
+    parsed = parse_questions(answer, drops=drops)
+    kept = clean_questions(
+        parsed,
+        context=context,
+        n=n,
+        min_words=min_words,
+        max_copy_words=max_copy_words,
+        near_threshold=near_threshold,
+        drops=drops,
+    )
+    if not kept:
+        msg = (
+            f"no usable question in the answer ({len(parsed)} parsed, dropped: "
+            f"{dict(drops) or 'none'}): {answer[:120]!r}"
+        )
+        raise UnusableAnswerError(msg, reason="no_question")
+    return _Reading(kept, drops)
 
 
 def _apply_round_trip(
@@ -491,20 +607,25 @@ def generate_queries(
         max_chunks: Generate for a seeded sample of this many chunks only (big stores).
         seed: Seed of the sample and of the retry jitter.
         max_concurrency: LLM calls in flight at once (an ``asyncio.Semaphore``; sync callables
-            run in a pool of as many threads).
-        timeout: Seconds per LLM call before it counts as failed (``None``: wait forever). A
-            timed-out sync call cannot be stopped; its thread finishes in the background.
-        retries: Further attempts after a failed call (an exception, a timeout, or an answer with
-            no usable question), waiting ``backoff * 2**i`` seconds (times a jitter in
-            [0.5, 1.5), capped at ``max_backoff``).
+            run in a daemon thread per call).
+        timeout: Seconds per LLM call, reading its answer included, before it counts as failed
+            (``None``: wait forever). A timed-out sync call cannot be stopped: its daemon thread
+            is abandoned (it frees its concurrency slot and does not keep the process alive).
+        retries: Further attempts after a failed call (an exception, a timeout, an answer that
+            is not text or has no usable question), waiting ``backoff * 2**i`` seconds (times a
+            jitter in [0.5, 1.5), capped at ``max_backoff``). A request the provider refuses
+            (HTTP 400 / 401 / 403, an ``AuthenticationError`` / ``PermissionDeniedError`` /
+            ``BadRequestError``) is never retried: it raises :class:`LLMRequestError` at once.
         backoff: First retry delay in seconds.
         max_backoff: Longest retry delay.
         on_error: ``"skip"`` a chunk whose attempts all failed (it is listed in
             ``stats.failures`` and retried on the next run), or ``"raise"``
-            :class:`QueryGenerationError` (chunks already done stay in the cache).
+            :class:`QueryGenerationError` (chunks already done stay in the cache). A refused
+            request stops the run in both modes.
         cache_path: JSONL file to resume from and append to (LLM only). Entries are keyed by
             chunk id, sha256 of the chunk text and a hash of prompt, ``queries_per_chunk`` and
-            ``cache_tag``; one line is appended and flushed per finished chunk.
+            ``cache_tag``; one line is appended and flushed per finished chunk. A line that
+            cannot be written is logged and counted in ``stats.cache_errors``; the run goes on.
         cache_tag: Extra cache key, e.g. the model name, to keep answers of two LLMs apart.
         round_trip: Keep only queries whose chunk ranks in the top-k under the given embeddings
             (or only report how many would be dropped); see :class:`RoundTrip`.
@@ -523,6 +644,8 @@ def generate_queries(
     Raises:
         ConfigError: An option is out of range, or the prompt lacks a placeholder.
         QueryGenerationError: With ``on_error="raise"``, a chunk failed after its retries.
+        LLMRequestError: The provider refused a request (bad credentials, no permission, a
+            malformed request): raised at once, whatever ``on_error`` says.
     """
     coro = agenerate_queries(
         chunks,
