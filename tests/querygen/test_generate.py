@@ -260,21 +260,34 @@ def test_cancelled_run_loses_at_most_the_chunks_in_flight(tmp_path: Path) -> Non
 
     chunks = make_chunks(30)
     cache = tmp_path / "q.jsonl"
-    llm = SleepyLLM(0.02)
+    calls: list[str] = []
 
     async def main() -> None:
+        all_stuck = asyncio.Event()
+        never = asyncio.Event()
+        stuck = 0
+
+        async def llm(prompt: str) -> str:  # the first 10 calls answer, the rest hang
+            nonlocal stuck
+            calls.append(chunk_of(prompt))
+            if len(calls) > 10:
+                stuck += 1
+                if stuck == 4:
+                    all_stuck.set()
+                await never.wait()
+            return answer_for(prompt)
+
         task = asyncio.ensure_future(
             agenerate_queries(chunks, llm, max_concurrency=4, cache_path=str(cache))
         )
-        await asyncio.sleep(0.09)
+        await all_stuck.wait()  # every worker is inside a call: cancel mid-run
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
 
     asyncio.run(main())
     done = len(cache.read_text().splitlines())
-    started = len(llm.calls)
-    assert 0 < done < 30 and started - done <= 4
+    assert done == 10 and len(calls) - done == 4
     llm2 = SleepyLLM(0)
     generate_queries(chunks, llm=llm2, cache_path=str(cache))
     assert len(llm2.calls) == 30 - done
