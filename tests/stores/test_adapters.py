@@ -239,6 +239,11 @@ def test_top_scores_are_the_best_scores_outside_exclude(
         record_property("top_scores_recall", recall)
         assert recall >= 0.8
 
+    # the exact read-everything fallback (Milvus's top-k cap, short approximate searches)
+    scanned = adapter._scan_top_hits(queries, k, exclude)
+    assert all(i not in exclude for row in scanned for i, _ in row)
+    np.testing.assert_allclose([[s for _, s in row] for row in scanned], want, atol=1e-5)
+
     # without exclusions a stored vector finds itself first
     alone = adapter.top_scores(stored, 1)
     np.testing.assert_allclose(alone[:, 0], 1.0, rtol=0, atol=1e-5)

@@ -106,6 +106,39 @@ def test_pgvector_hnsw_search_fills_k_past_ef_search(
     assert found.mean() >= 0.9  # HNSW is approximate; on 120 records it finds nearly all
 
 
+def test_pgvector_reruns_a_short_index_scan_without_the_index(
+    pg_urls: dict[str, str], request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An HNSW scan held to one candidate, without iterative scans, comes back short: those
+    # queries run again without the index, exact.
+    vs = _llamaindex_pg(
+        pg_urls, request, hnsw_kwargs={"hnsw_m": 4, "hnsw_ef_construction": 16, "hnsw_ef_search": 1}
+    )
+    x = unit_rows(11, 50, 16)
+    vs.add(nodes(x))
+    adapter = adapter_for(vs)
+    starved = [
+        ("SET LOCAL enable_seqscan = off", {}),  # the index even on a table this small
+        ("SET LOCAL hnsw.ef_search = 1", {}),
+        ("SET LOCAL hnsw.iterative_scan = off", {}),
+    ]
+    real = adapter._settings
+    reruns: list[int] = []
+
+    def settings(k: int, exact: bool = False) -> list:
+        if exact:
+            reruns.append(k)
+            return real(k, exact=True)
+        return starved
+
+    monkeypatch.setattr(adapter, "_settings", settings)
+    q = unit_rows(12, 3, 16)
+    assert len(adapter.search(q[0], 20)) < 20  # starved: the index scan alone comes back short
+    got = adapter.top_scores(q, 20, ["n000", "n001"])
+    assert reruns == [20]  # one exact rerun, for the short queries together
+    np.testing.assert_allclose(got, best_scores(x, q, 20, [0, 1]), atol=1e-5)
+
+
 def test_pgvector_halfvec_is_refused(
     pg_urls: dict[str, str], request: pytest.FixtureRequest
 ) -> None:
@@ -163,6 +196,7 @@ def test_pgvectorstore_metadata_columns_uuid_ids_and_an_hnsw_index(
 
 
 def test_pgvector_collections_share_a_table_but_not_an_identity(pg_engine: Any) -> None:
+    pytest.importorskip("langchain_postgres")
     from langchain_postgres import PGVector
 
     emb = BagOfWordsEmbedder(8).as_langchain()
@@ -214,6 +248,7 @@ def test_milvus_metric_comes_from_the_index(milvus_uri: str, metric: str, ours: 
 def test_milvus_identity_is_the_lite_file_and_collection_through_both_frameworks(
     milvus_uri: str,
 ) -> None:
+    pytest.importorskip("langchain_milvus")
     from langchain_milvus import Milvus
 
     name = table_name("li")
@@ -238,6 +273,7 @@ def test_milvus_identity_is_the_lite_file_and_collection_through_both_frameworks
 
 
 def test_milvus_auto_id_collections_are_refused(milvus_uri: str) -> None:
+    pytest.importorskip("langchain_milvus")
     from langchain_milvus import Milvus
 
     vs = Milvus.from_texts(
@@ -307,6 +343,7 @@ def test_milvus_ids_with_quotes_and_int_keys(milvus_uri: str) -> None:
 
 def test_lancedb_identity_is_the_same_through_both_frameworks(tmp_path: Any) -> None:
     pytest.importorskip("llama_index.vector_stores.lancedb")
+    pytest.importorskip("langchain_community")
     from langchain_community.vectorstores import LanceDB
     from llama_index.vector_stores.lancedb import LanceDBVectorStore
 
@@ -326,7 +363,7 @@ def test_lancedb_identity_is_the_same_through_both_frameworks(tmp_path: Any) -> 
 def test_lancedb_vector_index_sets_the_metric_and_makes_search_approximate(
     tmp_path: Any, record_property: Any
 ) -> None:
-    import lancedb
+    lancedb = pytest.importorskip("lancedb")
 
     from nudge_rag.stores._lancedb import LanceDBAdapter
 
@@ -361,7 +398,7 @@ def test_lancedb_vector_index_sets_the_metric_and_makes_search_approximate(
 
 
 def test_lancedb_refuses_an_id_stored_twice(tmp_path: Any) -> None:
-    import lancedb
+    lancedb = pytest.importorskip("lancedb")
 
     from nudge_rag.stores._lancedb import LanceDBAdapter
 
