@@ -32,8 +32,6 @@ from nudge_rag.core import (
     NudgeM,
     NudgeN,
     QuerySet,
-    UnmovedTopK,
-    ValidationCurve,
     normalize_rows,
 )
 from nudge_rag.errors import (
@@ -42,20 +40,17 @@ from nudge_rag.errors import (
     DimensionMismatchError,
     MetricError,
     QueryGenerationError,
-    StateError,
-    WriteBackError,
 )
 from nudge_rag.evaluation.metrics import MetricMeans, ranking_metrics
 from nudge_rag.integrations import Pipeline, resolve_pipeline
+from nudge_rag.reports import FinetuneReport, RevertReport
+from nudge_rag.session import REPORT_K, StoreSession
 from nudge_rag.state import (
-    FinetuneState,
     StateLock,
     default_state_home,
     state_dir_for,
-    vectors_match,
 )
 from nudge_rag.stores import StoreIdentity, VectorStoreAdapter, adapter_for
-from nudge_rag.stores._base import name_ids
 
 __all__ = ["FinetuneReport", "NudgeEmbeddingFinetuner", "RevertReport", "as_training_pairs"]
 
@@ -63,7 +58,6 @@ logger = logging.getLogger(__name__)
 
 Method = Literal["nudge-n", "nudge-m"]
 TrainingPairs = list[tuple[str, dict[str, float]]]
-REPORT_K = 10
 #: Median cosine between stored vectors and the model's embedding of their texts below which
 #: the model is taken for another one (a header of metadata in the embedded text costs ~0.1;
 #: another model of the same width gives ~0).
@@ -130,230 +124,9 @@ def _grades(ids: Any, where: str) -> dict[str, float]:
 # ---------------------------------------------------------------------------------------------
 # Reports
 # ---------------------------------------------------------------------------------------------
-@dataclass(frozen=True, repr=False)
-class FinetuneReport:
-    """What :meth:`NudgeEmbeddingFinetuner.finetune` did.
-
-    Attributes:
-        method: ``"nudge-n"`` or ``"nudge-m"``.
-        gamma: γ applied (0: nothing was written).
-        n_records: Records in the store.
-        n_moved: Records whose vectors were overwritten with moved ones.
-        moved_ids: Their ids.
-        n_train, n_val: Training queries and held-out validation queries.
-        curve: Validation objective per γ tried (None when γ was fixed).
-        before, after: NDCG/recall/MRR/hit rate @10 of the validation queries over the whole
-            store at γ = 0 and at the chosen γ. γ was chosen on these queries, so ``after`` is
-            optimistic; use held-out test queries (:func:`nudge_rag.evaluation`) for a fair number.
-        written: Whether anything was written to the store.
-        note: Why nothing was written, when it was not, and anything else worth knowing.
-        seconds: Wall time per stage (embed, read, fit, write).
-        state_dir: Where originals and journal are kept (for :meth:`revert`).
-        store_id: The store's identity key (see :class:`~nudge_rag.stores.StoreIdentity`).
-        adopted_ids: Records a previous fine-tune wrote whose vector the user has changed since
-            (re-embedded, edited): left as the user set them and taken as their new originals.
-        deleted_ids: Records a previous fine-tune wrote that are no longer in the store.
-        restored_ids: Records a previous fine-tune moved that this one does not move: their
-            originals were written back.
-        unmoved: How the best scores of the records that do not move were found: ``"scan"``
-            (every vector read once, page by page), ``"search"`` (the store's own top-k search,
-            only the fitted records read), ``"none"`` (γ fixed: no validation).
-    """
-
-    method: str
-    gamma: float
-    n_records: int
-    n_moved: int
-    moved_ids: list[str]
-    n_train: int
-    n_val: int
-    curve: ValidationCurve | None
-    before: MetricMeans | None
-    after: MetricMeans | None
-    written: bool
-    note: str
-    seconds: dict[str, float]
-    state_dir: str
-    store_id: str = ""
-    adopted_ids: list[str] = field(default_factory=list)
-    deleted_ids: list[str] = field(default_factory=list)
-    restored_ids: list[str] = field(default_factory=list)
-    unmoved: str = "scan"
-
-    def __repr__(self) -> str:
-        return (
-            f"FinetuneReport(method={self.method!r}, gamma={self.gamma:.4g}, "
-            f"n_moved={self.n_moved}, n_records={self.n_records}, written={self.written}, "
-            f"adopted={len(self.adopted_ids)}, deleted={len(self.deleted_ids)}, "
-            f"state_dir={self.state_dir!r})"
-        )
-
-    def summary(self) -> str:
-        """A few human-readable lines."""
-        lines = [
-            f"{self.method}: γ={self.gamma:.4g}, {self.n_moved} of {self.n_records} records moved "
-            f"({self.n_train} training / {self.n_val} validation queries)",
-        ]
-        if self.before is not None and self.after is not None:
-            lines.append(
-                f"validation NDCG@10 {self.before.ndcg:.4f} -> {self.after.ndcg:.4f}, "
-                f"hit@10 {self.before.hit:.4f} -> {self.after.hit:.4f}"
-            )
-        if self.adopted_ids:
-            lines.append(
-                f"{len(self.adopted_ids)} record(s) changed since the last fine-tune were left as "
-                f"they are and taken as originals: {name_ids(self.adopted_ids)}"
-            )
-        if self.deleted_ids:
-            lines.append(
-                f"{len(self.deleted_ids)} record(s) of the last fine-tune are no longer in the "
-                f"store: {name_ids(self.deleted_ids)}"
-            )
-        if self.note:
-            lines.append(self.note)
-        lines.append(
-            "time: "
-            + ", ".join(f"{k} {v:.2f}s" for k, v in self.seconds.items())
-            + (f" (unmoved scores by {self.unmoved})" if self.unmoved != "none" else "")
-        )
-        return "\n".join(lines)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-serialisable values (ids in full)."""
-        curve = None
-        if self.curve is not None:
-            curve = {
-                "gammas": np.asarray(self.curve.gammas).tolist(),
-                "scores": np.asarray(self.curve.scores).tolist(),
-                "objective": self.curve.objective,
-                "n_queries": self.curve.n_queries,
-            }
-        return {
-            "method": self.method,
-            "gamma": float(self.gamma),
-            "n_records": self.n_records,
-            "n_moved": self.n_moved,
-            "moved_ids": list(self.moved_ids),
-            "n_train": self.n_train,
-            "n_val": self.n_val,
-            "written": self.written,
-            "note": self.note,
-            "seconds": dict(self.seconds),
-            "state_dir": self.state_dir,
-            "store_id": self.store_id,
-            "adopted_ids": list(self.adopted_ids),
-            "deleted_ids": list(self.deleted_ids),
-            "restored_ids": list(self.restored_ids),
-            "unmoved": self.unmoved,
-            "validation": {
-                "before": self.before._asdict() if self.before is not None else None,
-                "after": self.after._asdict() if self.after is not None else None,
-            },
-            "curve": curve,
-        }
-
-
-@dataclass(frozen=True, repr=False)
-class RevertReport:
-    """What :meth:`NudgeEmbeddingFinetuner.revert` did.
-
-    Attributes:
-        n_restored: Records whose original vector was written back (and read back equal).
-        n_already_original: Journaled records that already held their original vector (e.g. a
-            revert or a write that was cut short).
-        changed_ids: Records whose vector the user changed since the fine-tune (re-embedded,
-            edited): left as they are.
-        deleted_ids: Journaled records no longer in the store: skipped.
-        mismatched_ids: Records that did not read back equal to their original after the
-            write (the state is kept active so that ``revert()`` can be run again).
-        max_abs_diff: Largest |read back − original| over the restored records (0.0 on stores
-            that keep vectors as written; ~1e-7 on stores that renormalise).
-        state_dir: The state folder used.
-        note: Why nothing was restored, when nothing was.
-    """
-
-    n_restored: int
-    max_abs_diff: float
-    state_dir: str
-    n_already_original: int = 0
-    changed_ids: list[str] = field(default_factory=list)
-    deleted_ids: list[str] = field(default_factory=list)
-    mismatched_ids: list[str] = field(default_factory=list)
-    note: str = ""
-
-    @property
-    def ok(self) -> bool:
-        """Every record we wrote is back to its original (none mismatched)."""
-        return not self.mismatched_ids
-
-    def __repr__(self) -> str:
-        return (
-            f"RevertReport(n_restored={self.n_restored}, "
-            f"n_already_original={self.n_already_original}, changed={len(self.changed_ids)}, "
-            f"deleted={len(self.deleted_ids)}, mismatched={len(self.mismatched_ids)}, "
-            f"max_abs_diff={self.max_abs_diff:.3g}, state_dir={self.state_dir!r})"
-        )
-
-    def summary(self) -> str:
-        """A few human-readable lines."""
-        lines = [
-            f"restored {self.n_restored} record(s) to their original vectors "
-            f"(read back: max |difference| {self.max_abs_diff:.3g})"
-            + (
-                f"; {self.n_already_original} already held their original"
-                if self.n_already_original
-                else ""
-            )
-        ]
-        if self.changed_ids:
-            lines.append(
-                f"left {len(self.changed_ids)} record(s) the user changed since as they are: "
-                f"{name_ids(self.changed_ids)}"
-            )
-        if self.deleted_ids:
-            lines.append(
-                f"skipped {len(self.deleted_ids)} record(s) no longer in the store: "
-                f"{name_ids(self.deleted_ids)}"
-            )
-        if self.mismatched_ids:
-            lines.append(
-                f"{len(self.mismatched_ids)} record(s) did not read back equal to their original: "
-                f"{name_ids(self.mismatched_ids)}; the state is kept, run revert() again"
-            )
-        if self.note:
-            lines.append(self.note)
-        return "\n".join(lines)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-serialisable values."""
-        return {
-            "n_restored": self.n_restored,
-            "n_already_original": self.n_already_original,
-            "changed_ids": list(self.changed_ids),
-            "deleted_ids": list(self.deleted_ids),
-            "mismatched_ids": list(self.mismatched_ids),
-            "max_abs_diff": self.max_abs_diff,
-            "state_dir": self.state_dir,
-            "note": self.note,
-        }
-
-
 # ---------------------------------------------------------------------------------------------
 # The finetuner
 # ---------------------------------------------------------------------------------------------
-@dataclass
-class _Read:
-    s_vecs: np.ndarray  # (s, d) float64 original vectors of the fitted records
-    unmoved: BestUnmovedScores | None  # per validation query, best scores of the rest
-    n_records: int
-    dim: int
-    # journaled records (of the state in force): what the store holds for each that is still
-    # ours, and the ones the user changed or deleted since
-    held: dict[str, np.ndarray] = field(default_factory=dict)
-    adopted: list[str] = field(default_factory=list)
-    deleted: list[str] = field(default_factory=list)
-
-
 @dataclass
 class NudgeEmbeddingFinetuner:
     """Fine-tune the embeddings stored in an existing index or vector store, in place.
@@ -564,13 +337,13 @@ class NudgeEmbeddingFinetuner:
             train, val = model.split(queries)
         else:
             train, val = queries, None
-        ident = self.identity
-        state_dir = self.state_path
+        session = self._session()
+        ident, state_dir = session.identity, session.state_dir
         with StateLock(state_dir, self.lock_timeout):
-            state = self._load_state(state_dir, ident)
+            state = session.load_state()
             t = time.perf_counter()
             mode = self._unmoved_mode()
-            reader = self._read if mode == "scan" else self._read_by_id
+            reader = session.read_scan if mode == "scan" else session.read_by_id
             read = reader(s_ids, val, state, q.shape[1], model.unmoved_k)
             times["read"] = time.perf_counter() - t
             checkpoint("finetune.read")
@@ -625,9 +398,7 @@ class NudgeEmbeddingFinetuner:
                 new = res.moved_embeddings.astype(np.float64)
 
             t = time.perf_counter()
-            restored = self._write(
-                state_dir,
-                ident,
+            restored = session.write(
                 state,
                 read,
                 moved_ids,
@@ -640,6 +411,7 @@ class NudgeEmbeddingFinetuner:
                     "n_train": res.n_train,
                     "n_val": res.n_val,
                     "refit": res.refit,
+                    "model": self._pipeline.model_name if self._pipeline is not None else "",
                 },
             )
             times["write"] = time.perf_counter() - t
@@ -752,72 +524,7 @@ class NudgeEmbeddingFinetuner:
         process restart (the originals are on disk in the state folder), after a write that was
         cut short, and after a revert that was; reverting twice is harmless.
         """
-        ident = self.identity
-        state_dir = self.state_path
-        with StateLock(state_dir, self.lock_timeout):
-            state = self._load_state(state_dir, ident)
-            if state is None:
-                note = (
-                    f"no fine-tuning state for this store at {state_dir}: nothing was restored. "
-                    "If it was fine-tuned, pass the state_dir (or store_id / persist_dir) it was "
-                    "fine-tuned with"
-                )
-                logger.warning("%s", note)
-                return RevertReport(0, 0.0, str(state_dir), note=note)
-            if not state.active:
-                note = (
-                    f"the fine-tuning state in {state_dir} is {state.status!r}: nothing to restore"
-                )
-                return RevertReport(0, 0.0, str(state_dir), note=note)
-            tol = self._tolerance()
-            missing = set(self._adapter._missing(list(state.ids))) if state.ids else set()
-            rows = np.array(
-                [r for r, i in enumerate(state.ids) if i not in missing], dtype=np.int64
-            )
-            present = [state.ids[r] for r in rows]
-            cur = self._get_vectors(present, state.originals.shape[1])
-            ours = state.ours(rows, cur, tol)
-            is_orig = vectors_match(cur, state.originals[rows], tol=tol)
-            todo = rows[ours & ~is_orig]
-            already = rows[ours & is_orig]
-            changed = [state.ids[r] for r in rows[~ours]]
-            deleted = [i for i in state.ids if i in missing]
-            todo_ids = [state.ids[r] for r in todo]
-            self._adapter.write_vectors(
-                todo_ids, state.originals[todo], batch_size=self.write_batch_size
-            )
-            check = np.concatenate([todo, already])
-            back = self._get_vectors([state.ids[r] for r in check], state.originals.shape[1])
-            good = vectors_match(back, state.originals[check], tol=tol)
-            mismatched = [state.ids[r] for r in check[~good]]
-            diff = (
-                float(np.max(np.abs(back[: len(todo)].astype(np.float64) - state.originals[todo])))
-                if len(todo)
-                else 0.0
-            )
-            if self.persist_dir is not None:
-                self._persist()
-            if not mismatched:
-                # Only now: until the originals are in the store (and saved, for a persisted
-                # store), the state must stay active so that a crash leaves revert() to finish.
-                state.mark(
-                    "reverted",
-                    n_restored=len(todo),
-                    changed_ids=changed,
-                    deleted_ids=deleted,
-                    max_abs_diff=diff,
-                )
-        rep = RevertReport(
-            n_restored=len(todo) - len(set(mismatched) & set(todo_ids)),
-            max_abs_diff=diff,
-            state_dir=str(state_dir),
-            n_already_original=len(already),
-            changed_ids=changed,
-            deleted_ids=deleted,
-            mismatched_ids=mismatched,
-        )
-        logger.info("%s", rep.summary())
-        return rep
+        return self._session().revert(self.lock_timeout)
 
     # ------------------------------------------------------------------ identity and state
     @property
@@ -846,36 +553,25 @@ class NudgeEmbeddingFinetuner:
         )
         return home / "process" / state_dir_for(ident.key).name
 
-    def _load_state(self, state_dir: Path, ident: StoreIdentity) -> FinetuneState | None:
-        state = FinetuneState.load(state_dir)
-        if state is None:
-            return None
-        if state.manifest.get("durable") and ident.durable and state.identity != ident.key:
-            msg = (
-                f"the fine-tuning state in {state_dir} belongs to another store "
-                f"({state.identity!r}; this store is {ident.key!r}); pass another state_dir, or "
-                "the store_id that store was fine-tuned with"
-            )
-            raise StateError(msg)
-        return state
+    def _session(self) -> StoreSession:
+        persist = None
+        if self.persist_dir is not None:
+            from nudge_rag.persist import save_store
 
-    def _tolerance(self) -> float:
-        # Stores that renormalise what is written hand back the written vector to ~1e-7.
-        return 1e-6 if self._adapter.normalizes_on_write else 0.0
+            store, where = self.store, self.persist_dir
 
-    def _get_vectors(self, ids: list[str], dim: int) -> np.ndarray:
-        if not ids:
-            return np.zeros((0, dim), dtype=np.float64)
-        out = []
-        for start in range(0, len(ids), self.page_size):
-            out.append(self._adapter.get(ids[start : start + self.page_size]).embeddings)
-        return np.concatenate(out, axis=0)
+            def persist() -> None:
+                save_store(store, where)
 
-    def _persist(self) -> None:
-        from nudge_rag.persist import save_store
-
-        assert self.persist_dir is not None
-        save_store(self.store, self.persist_dir)
+        return StoreSession(
+            self._adapter,
+            self.identity,
+            self.state_path,
+            page_size=self.page_size,
+            write_batch_size=self.write_batch_size,
+            show_progress=self.show_progress,
+            persist=persist,
+        )
 
     # ------------------------------------------------------------------ internals
     def _model(self, gamma: float | None = None) -> NudgeN | NudgeM:
@@ -952,7 +648,7 @@ class NudgeEmbeddingFinetuner:
         if not have:
             return
         stored = np.asarray(page.embeddings, dtype=np.float64)[[j for j, _ in have]]
-        state = FinetuneState.load(self.state_path) if self.state_path.exists() else None
+        state = self._session().load_state() if self.state_path.exists() else None
         if state is not None and state.active:
             rows = state.row_of()
             for k, (j, _) in enumerate(have):
@@ -982,240 +678,11 @@ class NudgeEmbeddingFinetuner:
             )
             raise ConfigError(msg)
 
-    def _read(
-        self, s_ids: list[str], val: QuerySet | None, state: FinetuneState | None, dim: int, k: int
-    ) -> _Read:
-        """One pass over the store: keep the records queries answer, stream the rest
-        (``unmoved="scan"``).
-
-        Records of the state in force are checked on the way: one still holding a vector we
-        wrote (or its original) counts with its original; one the user changed since is theirs
-        (its current vector is its original from now on); one not met at all was deleted.
-        """
-        pos = {i: r for r, i in enumerate(s_ids)}
-        s_vecs = np.zeros((len(s_ids), dim), dtype=np.float64)
-        seen = np.zeros(len(s_ids), dtype=bool)
-        acc = UnmovedTopK(val.embeddings, [], max(k, REPORT_K)) if val is not None else None
-        journal = state.row_of() if state is not None and state.active else {}
-        out = _Read(s_vecs, None, 0, dim)
-        met: set[str] = set()
-        n = 0
-        pages = self._adapter.iter_pages(self.page_size, with_documents=False)
-        for page in _progress(pages, self.show_progress, self._adapter.count(), "reading store"):
-            vecs = np.asarray(page.embeddings, dtype=np.float64)
-            if vecs.shape[0] and vecs.shape[1] != dim:
-                msg = (
-                    f"the {self._adapter.name} store holds vectors of width {vecs.shape[1]} but the "
-                    f"embedding model gives {dim}: is embed_model the one that built the store?"
-                )
-                raise DimensionMismatchError(msg)
-            if journal:
-                met |= self._classify(page.ids, page.embeddings, vecs, state, journal, out)
-            self._check_unit(vecs)
-            keep = np.fromiter((rid in pos for rid in page.ids), dtype=bool, count=len(page.ids))
-            if keep.any():
-                rows_ = [pos[rid] for rid, k_ in zip(page.ids, keep, strict=True) if k_]
-                s_vecs[rows_] = vecs[keep]
-                seen[rows_] = True
-            if acc is not None and (~keep).any():
-                acc.update(vecs[~keep].astype(np.float32))
-            n += len(page.ids)
-        if not seen.all():
-            missing = [s_ids[i] for i in np.flatnonzero(~seen)[:10]]
-            msg = (
-                f"{int((~seen).sum())} record id(s) named by training queries are not in the "
-                f"{self._adapter.name} store, e.g. {missing}; ids must be the store's record ids "
-                "(LlamaIndex node ids, LangChain document ids)"
-            )
-            raise AnswerError(msg)
-        out.deleted = [rid for rid in journal if rid not in met]
-        out.n_records = n
-        out.unmoved = acc.result() if acc is not None else None
-        self._log_changes(out)
-        return out
-
-    def _read_by_id(
-        self, s_ids: list[str], val: QuerySet | None, state: FinetuneState | None, dim: int, k: int
-    ) -> _Read:
-        """Read only the records queries answer (and the journaled ones), by id; the best scores
-        of every other record come from the store's own search (``unmoved="search"``).
-
-        The store runs each validation query as a top-k search that leaves out the records read
-        here; those are scored exactly (journaled ones with their originals). The cost follows
-        the number of queries, not the size of the store.
-        """
-        journal = state.row_of() if state is not None and state.active else {}
-        wanted = list(dict.fromkeys([*s_ids, *journal]))
-        absent = set(self._adapter._missing(wanted)) if wanted else set()
-        gone = [i for i in s_ids if i in absent]
-        if gone:
-            msg = (
-                f"{len(gone)} record id(s) named by training queries are not in the "
-                f"{self._adapter.name} store, e.g. {gone[:10]}; ids must be the store's record ids "
-                "(LlamaIndex node ids, LangChain document ids)"
-            )
-            raise AnswerError(msg)
-        present = [i for i in wanted if i not in absent]
-        cur = self._get_vectors(present, dim)
-        if cur.shape[0] and cur.shape[1] != dim:
-            msg = (
-                f"the {self._adapter.name} store holds vectors of width {cur.shape[1]} but the "
-                f"embedding model gives {dim}: is embed_model the one that built the store?"
-            )
-            raise DimensionMismatchError(msg)
-        vecs = cur.astype(np.float64)
-        out = _Read(np.zeros((len(s_ids), dim), dtype=np.float64), None, self._adapter.count(), dim)
-        self._classify(present, cur, vecs, state, journal, out)
-        out.deleted = [i for i in journal if i in absent]
-        self._check_unit(vecs)
-        row = {i: j for j, i in enumerate(present)}
-        out.s_vecs[:] = vecs[[row[i] for i in s_ids]]
-        if val is not None:
-            kk = max(k, REPORT_K)
-            # The core scores q · unit(record) with queries as given: the store's search gets
-            # unit queries (cosine), and its scores are scaled back by each query's norm.
-            qv = np.asarray(val.embeddings, dtype=np.float32)
-            qn = np.linalg.norm(qv, axis=1, keepdims=True)
-            store = self._adapter.top_scores(qv / qn, kk, exclude=present) * qn
-            fitted = set(s_ids)
-            extra = [j for j, i in enumerate(present) if i not in fitted]
-            if extra:  # journaled records outside this fit: scored as they will be (originals)
-                mine = qv @ normalize_rows(vecs[extra], name="stored vectors").T.astype(np.float32)
-                store = -np.sort(-np.concatenate([store, mine], axis=1), axis=1)[:, :kk]
-            out.unmoved = BestUnmovedScores(np.ascontiguousarray(store, dtype=np.float32))
-        self._log_changes(out)
-        return out
-
-    def _classify(
-        self,
-        ids: list[str],
-        current: np.ndarray,
-        vecs: np.ndarray,
-        state: FinetuneState | None,
-        journal: dict[str, int],
-        out: _Read,
-    ) -> set[str]:
-        """Sort journaled records into ours (``vecs`` row set to the original, the current vector
-        kept in ``out.held``) and the user's (``out.adopted``); returns the journaled ids met."""
-        js = [(j, journal[rid]) for j, rid in enumerate(ids) if rid in journal]
-        if not js or state is None:
-            return set()
-        at = np.array([j for j, _ in js], dtype=np.int64)
-        rows = np.array([r for _, r in js], dtype=np.int64)
-        ours = state.ours(rows, current[at], self._tolerance())
-        for j, r, mine in zip(at.tolist(), rows.tolist(), ours.tolist(), strict=True):
-            rid = ids[j]
-            if mine:  # ours: start from the original, never from a moved vector
-                out.held[rid] = np.array(current[j], dtype=np.float64)
-                vecs[j] = state.originals[r]
-            else:  # the user changed it since: theirs, as it is now
-                out.adopted.append(rid)
-        return {ids[j] for j in at.tolist()}
-
-    def _check_unit(self, vecs: np.ndarray) -> None:
-        if self._adapter.metric == "cosine" or not vecs.shape[0]:
-            return
-        norms = np.linalg.norm(vecs, axis=1)
-        if np.any(np.abs(norms - 1.0) > 1e-3):
-            msg = (
-                f"this {self._adapter.name} store ranks by {self._adapter.metric} and holds "
-                f"vectors that are not unit length (e.g. norm {norms[np.argmax(np.abs(norms - 1))]:.4g}); "
-                "NUDGE works on unit vectors, and writing unit vectors among longer or "
-                "shorter ones would change how every record ranks. Build the store with "
-                "normalised embeddings or with cosine similarity."
-            )
-            raise MetricError(msg)
-
-    def _log_changes(self, out: _Read) -> None:
-        if out.adopted or out.deleted:
-            logger.warning(
-                "%d record(s) changed and %d deleted since the last fine-tune of this store: "
-                "left as they are (changed: %s; deleted: %s)",
-                len(out.adopted),
-                len(out.deleted),
-                name_ids(out.adopted),
-                name_ids(out.deleted),
-            )
-
     def _unmoved_mode(self) -> str:
         """``scan`` or ``search`` for this run (``auto``: search on a large store)."""
         if self.unmoved != "auto":
             return self.unmoved
         return "search" if self._adapter.count() >= AUTO_SEARCH_RECORDS else "scan"
-
-    def _write(
-        self,
-        state_dir: Path,
-        ident: StoreIdentity,
-        state: FinetuneState | None,
-        read: _Read,
-        moved_ids: list[str],
-        new: np.ndarray,
-        pos: dict[str, int],
-        info: dict[str, Any],
-    ) -> list[str]:
-        """Journal, then write. Records of the state in force that are still ours and that this
-        fine-tune does not move get their originals back; their ids are returned."""
-        old = state.row_of() if state is not None and state.active else {}
-        moved = set(moved_ids)
-        back = [i for i in old if i in read.held and i not in moved]
-        ids = list(moved_ids) + back
-        if not ids:
-            if state is not None and state.active:
-                # Everything the last fine-tune wrote was changed or deleted by the user since.
-                state.mark("reverted", note="every journaled record was changed or deleted")
-            return []
-        d = read.dim
-        originals = np.empty((len(ids), d), dtype=np.float64)
-        targets = np.empty_like(originals)
-        priors = np.empty_like(originals)
-        for r, rid in enumerate(ids):
-            if rid in read.held:  # ours: the journal's original; the store holds `held`
-                originals[r] = state.originals[old[rid]]  # type: ignore[union-attr]
-                priors[r] = read.held[rid]
-            else:  # never written by us, or adopted: what the store holds is the original
-                originals[r] = read.s_vecs[pos[rid]]
-                priors[r] = originals[r]
-            targets[r] = new[r] if r < len(moved_ids) else originals[r]
-        journal = FinetuneState.commit(
-            state_dir,
-            ids=ids,
-            originals=originals,
-            targets=targets,
-            priors=priors,
-            manifest={
-                "identity": ident.key,
-                "durable": ident.durable,
-                "store": self._adapter.name,
-                "metric": self._adapter.metric,
-                "model": self._pipeline.model_name if self._pipeline is not None else "",
-                "dim": d,
-                "n_moved": len(moved_ids),
-                **info,
-            },
-        )
-        try:
-            self._adapter.write_vectors(ids, targets, batch_size=self.write_batch_size)
-            if self.persist_dir is not None:
-                self._persist()
-        except Exception as exc:
-            rolled = ""
-            try:
-                self._adapter.write_vectors(ids, originals, batch_size=self.write_batch_size)
-                if self.persist_dir is not None:
-                    self._persist()
-                journal.mark("reverted", error=str(exc))
-                rolled = "; the originals were written back, the store is as before"
-            except Exception as exc2:  # the store is still failing: leave the journal open
-                rolled = (
-                    f"; rolling back failed too ({exc2}); the originals are saved in "
-                    f"{journal.directory}: call revert() once the store is reachable"
-                )
-            msg = f"writing vectors to the {self._adapter.name} store failed ({exc}){rolled}"
-            raise WriteBackError(msg) from exc
-        journal.mark("applied")
-        return back
-
 
 def _report_metrics(s_unit: np.ndarray, val: QuerySet, unmoved: BestUnmovedScores) -> MetricMeans:
     """Metrics @10 of the validation queries over the whole store: the fitted records scored
@@ -1226,16 +693,6 @@ def _report_metrics(s_unit: np.ndarray, val: QuerySet, unmoved: BestUnmovedScore
     order = np.argsort(-allscores, axis=1, kind="stable")[:, :REPORT_K]
     ranked = np.where(order >= const.shape[1], order - const.shape[1], -1).astype(np.int64)
     return ranking_metrics(ranked, val.indptr, val.rows, val.gains, REPORT_K).mean()
-
-
-def _progress(it: Any, show: bool, total: int, desc: str) -> Any:
-    if not show:
-        return it
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover
-        return it
-    return tqdm(it, desc=f"{desc} ({total} records)", unit="page")
 
 
 def _check_generated(ds: Any, n_chunks: int) -> None:

@@ -58,6 +58,7 @@ __all__ = [
 FORMAT = 2
 _GEN = re.compile(r"^gen-(\d{6,})$")
 _FILES = ("ids.json", "originals.npy", "targets.npy", "priors.npy")
+_NONE = "none"  # what CURRENT says before the first generation
 
 
 # ---------------------------------------------------------------------------------------------
@@ -311,19 +312,33 @@ class FinetuneState:
         try:
             name = (d / "CURRENT").read_text(encoding="utf-8").strip()
         except FileNotFoundError:
+            if any(True for _ in _generations(d)) if d.is_dir() else False:
+                msg = (
+                    f"{d / 'CURRENT'} is missing but {d} holds state generations: the state is "
+                    "damaged (CURRENT is written before the first generation, so it cannot be "
+                    "missing after a crash); restore it from a backup, or name the generation "
+                    "to use in a file CURRENT by hand"
+                )
+                raise StateError(msg) from None
             return None
         except OSError as exc:
             msg = f"cannot read {d / 'CURRENT'} ({exc})"
             raise StateError(msg) from exc
+        if name == _NONE:
+            return None
         if not _GEN.match(name):
             msg = f"{d / 'CURRENT'} names {name!r}, not a state generation: the state is damaged"
             raise StateError(msg)
         gen = d / name
         try:
             manifest = json.loads((gen / "manifest.json").read_text(encoding="utf-8"))
-            blobs = {f: (gen / f).read_bytes() for f in _FILES}
         except (OSError, ValueError) as exc:
-            msg = f"fine-tuning state {gen} is incomplete or damaged ({exc}); it cannot be used"
+            msg = f"fine-tuning state {gen}: manifest.json is missing or damaged ({exc}); it cannot be used"
+            raise StateError(msg) from exc
+        try:
+            blobs = {f: (gen / f).read_bytes() for f in _FILES}
+        except OSError as exc:
+            msg = f"fine-tuning state {gen} is incomplete ({exc}); it cannot be used"
             raise StateError(msg) from exc
         if manifest.get("format") != FORMAT:
             msg = f"fine-tuning state {gen} has format {manifest.get('format')!r}; this nudge_rag reads format {FORMAT}"
@@ -365,6 +380,10 @@ class FinetuneState:
         """
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
+        if not (d / "CURRENT").exists() and not any(True for _ in _generations(d)):
+            # First generation: CURRENT exists from now on, so that a missing CURRENT beside
+            # generations can only mean damage, never "no state yet".
+            atomic_write_bytes(d / "CURRENT", (_NONE + "\n").encode("ascii"))
         _remove_stale(d)
         number = _last_generation(d) + 1
         name = f"gen-{number:06d}"

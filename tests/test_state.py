@@ -84,7 +84,7 @@ def test_a_damaged_file_is_refused_by_name(tmp_path: Path, name: str) -> None:
 
 def test_a_missing_generation_is_refused(tmp_path: Path) -> None:
     (tmp_path / "CURRENT").write_text("gen-000009\n")
-    with pytest.raises(StateError, match="incomplete or damaged"):
+    with pytest.raises(StateError, match="missing or damaged"):
         FinetuneState.load(tmp_path)
     (tmp_path / "CURRENT").write_text("../../etc\n")
     with pytest.raises(StateError, match="not a state generation"):
@@ -181,3 +181,19 @@ def test_the_lock_excludes_another_process_and_waits_for_it(tmp_path: Path) -> N
                 assert proc.wait(timeout=60) == 0
         finally:
             proc.kill()
+
+
+def test_a_missing_current_beside_generations_is_damage_not_no_state(tmp_path: Path) -> None:
+    _commit(tmp_path)
+    (tmp_path / "CURRENT").unlink()
+    with pytest.raises(StateError, match="CURRENT is missing"):
+        FinetuneState.load(tmp_path)
+
+
+def test_current_exists_before_the_first_generation(tmp_path: Path) -> None:
+    tmp_path.mkdir(exist_ok=True)
+    # what a commit killed right after its first step leaves: CURRENT says "none"
+    (tmp_path / "CURRENT").write_text("none\n")
+    assert FinetuneState.load(tmp_path) is None
+    st = _commit(tmp_path)
+    assert (tmp_path / "CURRENT").read_text().strip() == st.generation.name

@@ -95,6 +95,7 @@ class FaissFlatAdapter(VectorStoreAdapter):
         docs: Docs | None = None,
     ) -> None:
         self.name = name
+        self._given = index  # the caller's object: _unwrap's downcasts are new proxies each time
         self._outer, self._inner, self._id_mapped = _unwrap(index, name)
         self.metric = _faiss_metric(self._inner, name)
         self._label_ids = label_ids
@@ -136,7 +137,7 @@ class FaissFlatAdapter(VectorStoreAdapter):
     def identity(self) -> StoreIdentity:
         # A FAISS index is an in-memory object; saved to disk it has a path only the caller
         # knows (pass store_id= or persist_dir= to the finetuner).
-        return process_identity(self._outer, "faiss")
+        return process_identity(self._given, "faiss")
 
     def count(self) -> int:
         return int(self._inner.ntotal)

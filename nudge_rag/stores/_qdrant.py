@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -93,6 +94,29 @@ def _point_id(id_: str) -> int | str | None:
         return str(uuid.UUID(id_))
     except ValueError:
         return None
+
+
+_RESOLVED: dict[int, tuple[Any, str]] = {}
+
+
+def _resolved_once(client: Any, location: str) -> str:
+    """The absolute path of a local client's folder, resolved the first time the client is seen:
+    a relative path names the folder the client opened, whatever the working directory is later."""
+    held = _RESOLVED.get(id(client))
+    if held is not None and held[0]() is client:
+        return str(held[1])
+    path = os.path.realpath(location)
+    key = id(client)
+
+    def forget(_ref: Any) -> None:
+        _RESOLVED.pop(key, None)
+
+    try:
+        ref: Any = weakref.ref(client, forget)
+    except TypeError:  # pragma: no cover - not weak-referenceable
+        return path
+    _RESOLVED[key] = (ref, path)
+    return path
 
 
 class QdrantAdapter(VectorStoreAdapter):
@@ -183,7 +207,7 @@ class QdrantAdapter(VectorStoreAdapter):
             if not getattr(inner, "persistent", False) or location in (None, ":memory:"):
                 ident = process_identity(inner, "qdrant")
                 return StoreIdentity(f"{ident.key}/{self._collection}", False)
-            where = "local:" + os.path.realpath(str(location))
+            where = "local:" + _resolved_once(inner, str(location))
         else:
             where = str(
                 getattr(inner, "rest_uri", None)

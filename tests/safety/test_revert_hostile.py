@@ -97,15 +97,6 @@ def test_revert_refuses_a_damaged_state_and_names_the_file(live: Live, damage: s
     assert K.diff(live.snapshot(), s0, atol=live.tol) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "nudge_rag/state.py FinetuneState.load: with CURRENT gone but its generation still there, "
-        "the state reads as 'none': revert() restores nothing, and the next finetune() takes the "
-        "moved vectors for originals and deletes the old generation (FinetuneState.commit), so "
-        "the originals are lost for good"
-    ),
-)
 def test_a_lost_current_is_not_taken_for_no_state(live: Live):
     s0 = live.snapshot()
     ft = live.finetuner()

@@ -1,0 +1,226 @@
+"""What a fine-tune and a revert did, as typed values that print short and serialise whole.
+
+``repr()`` stays one line however many records moved; ``summary()`` gives a few readable lines;
+``to_dict()`` gives JSON-ready values with every id.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from nudge_rag.core import ValidationCurve
+from nudge_rag.evaluation.metrics import MetricMeans
+from nudge_rag.stores._base import name_ids
+
+__all__ = ["FinetuneReport", "RevertReport"]
+
+
+@dataclass(frozen=True, repr=False)
+class FinetuneReport:
+    """What :meth:`NudgeEmbeddingFinetuner.finetune` did.
+
+    Attributes:
+        method: ``"nudge-n"`` or ``"nudge-m"``.
+        gamma: γ applied (0: nothing was written).
+        n_records: Records in the store.
+        n_moved: Records whose vectors were overwritten with moved ones.
+        moved_ids: Their ids.
+        n_train, n_val: Training queries and held-out validation queries.
+        curve: Validation objective per γ tried (None when γ was fixed).
+        before, after: NDCG/recall/MRR/hit rate @10 of the validation queries over the whole
+            store at γ = 0 and at the chosen γ. γ was chosen on these queries, so ``after`` is
+            optimistic; use held-out test queries (:func:`nudge_rag.evaluation`) for a fair number.
+        written: Whether anything was written to the store.
+        note: Why nothing was written, when it was not, and anything else worth knowing.
+        seconds: Wall time per stage (embed, read, fit, write).
+        state_dir: Where originals and journal are kept (for :meth:`revert`).
+        store_id: The store's identity key (see :class:`~nudge_rag.stores.StoreIdentity`).
+        adopted_ids: Records a previous fine-tune wrote whose vector the user has changed since
+            (re-embedded, edited): left as the user set them and taken as their new originals.
+        deleted_ids: Records a previous fine-tune wrote that are no longer in the store.
+        restored_ids: Records a previous fine-tune moved that this one does not move: their
+            originals were written back.
+        unmoved: How the best scores of the records that do not move were found: ``"scan"``
+            (every vector read once, page by page), ``"search"`` (the store's own top-k search,
+            only the fitted records read), ``"none"`` (γ fixed: no validation).
+    """
+
+    method: str
+    gamma: float
+    n_records: int
+    n_moved: int
+    moved_ids: list[str]
+    n_train: int
+    n_val: int
+    curve: ValidationCurve | None
+    before: MetricMeans | None
+    after: MetricMeans | None
+    written: bool
+    note: str
+    seconds: dict[str, float]
+    state_dir: str
+    store_id: str = ""
+    adopted_ids: list[str] = field(default_factory=list)
+    deleted_ids: list[str] = field(default_factory=list)
+    restored_ids: list[str] = field(default_factory=list)
+    unmoved: str = "scan"
+
+    def __repr__(self) -> str:
+        return (
+            f"FinetuneReport(method={self.method!r}, gamma={self.gamma:.4g}, "
+            f"n_moved={self.n_moved}, n_records={self.n_records}, written={self.written}, "
+            f"adopted={len(self.adopted_ids)}, deleted={len(self.deleted_ids)}, "
+            f"state_dir={self.state_dir!r})"
+        )
+
+    def summary(self) -> str:
+        """A few human-readable lines."""
+        lines = [
+            f"{self.method}: γ={self.gamma:.4g}, {self.n_moved} of {self.n_records} records moved "
+            f"({self.n_train} training / {self.n_val} validation queries)",
+        ]
+        if self.before is not None and self.after is not None:
+            lines.append(
+                f"validation NDCG@10 {self.before.ndcg:.4f} -> {self.after.ndcg:.4f}, "
+                f"hit@10 {self.before.hit:.4f} -> {self.after.hit:.4f}"
+            )
+        if self.adopted_ids:
+            lines.append(
+                f"{len(self.adopted_ids)} record(s) changed since the last fine-tune were left as "
+                f"they are and taken as originals: {name_ids(self.adopted_ids)}"
+            )
+        if self.deleted_ids:
+            lines.append(
+                f"{len(self.deleted_ids)} record(s) of the last fine-tune are no longer in the "
+                f"store: {name_ids(self.deleted_ids)}"
+            )
+        if self.note:
+            lines.append(self.note)
+        lines.append(
+            "time: "
+            + ", ".join(f"{k} {v:.2f}s" for k, v in self.seconds.items())
+            + (f" (unmoved scores by {self.unmoved})" if self.unmoved != "none" else "")
+        )
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-serialisable values (ids in full)."""
+        curve = None
+        if self.curve is not None:
+            curve = {
+                "gammas": np.asarray(self.curve.gammas).tolist(),
+                "scores": np.asarray(self.curve.scores).tolist(),
+                "objective": self.curve.objective,
+                "n_queries": self.curve.n_queries,
+            }
+        return {
+            "method": self.method,
+            "gamma": float(self.gamma),
+            "n_records": self.n_records,
+            "n_moved": self.n_moved,
+            "moved_ids": list(self.moved_ids),
+            "n_train": self.n_train,
+            "n_val": self.n_val,
+            "written": self.written,
+            "note": self.note,
+            "seconds": dict(self.seconds),
+            "state_dir": self.state_dir,
+            "store_id": self.store_id,
+            "adopted_ids": list(self.adopted_ids),
+            "deleted_ids": list(self.deleted_ids),
+            "restored_ids": list(self.restored_ids),
+            "unmoved": self.unmoved,
+            "validation": {
+                "before": self.before._asdict() if self.before is not None else None,
+                "after": self.after._asdict() if self.after is not None else None,
+            },
+            "curve": curve,
+        }
+
+
+@dataclass(frozen=True, repr=False)
+class RevertReport:
+    """What :meth:`NudgeEmbeddingFinetuner.revert` did.
+
+    Attributes:
+        n_restored: Records whose original vector was written back (and read back equal).
+        n_already_original: Journaled records that already held their original vector (e.g. a
+            revert or a write that was cut short).
+        changed_ids: Records whose vector the user changed since the fine-tune (re-embedded,
+            edited): left as they are.
+        deleted_ids: Journaled records no longer in the store: skipped.
+        mismatched_ids: Records that did not read back equal to their original after the
+            write (the state is kept active so that ``revert()`` can be run again).
+        max_abs_diff: Largest |read back − original| over the restored records (0.0 on stores
+            that keep vectors as written; ~1e-7 on stores that renormalise).
+        state_dir: The state folder used.
+        note: Why nothing was restored, when nothing was.
+    """
+
+    n_restored: int
+    max_abs_diff: float
+    state_dir: str
+    n_already_original: int = 0
+    changed_ids: list[str] = field(default_factory=list)
+    deleted_ids: list[str] = field(default_factory=list)
+    mismatched_ids: list[str] = field(default_factory=list)
+    note: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """Every record we wrote is back to its original (none mismatched)."""
+        return not self.mismatched_ids
+
+    def __repr__(self) -> str:
+        return (
+            f"RevertReport(n_restored={self.n_restored}, "
+            f"n_already_original={self.n_already_original}, changed={len(self.changed_ids)}, "
+            f"deleted={len(self.deleted_ids)}, mismatched={len(self.mismatched_ids)}, "
+            f"max_abs_diff={self.max_abs_diff:.3g}, state_dir={self.state_dir!r})"
+        )
+
+    def summary(self) -> str:
+        """A few human-readable lines."""
+        lines = [
+            f"restored {self.n_restored} record(s) to their original vectors "
+            f"(read back: max |difference| {self.max_abs_diff:.3g})"
+            + (
+                f"; {self.n_already_original} already held their original"
+                if self.n_already_original
+                else ""
+            )
+        ]
+        if self.changed_ids:
+            lines.append(
+                f"left {len(self.changed_ids)} record(s) the user changed since as they are: "
+                f"{name_ids(self.changed_ids)}"
+            )
+        if self.deleted_ids:
+            lines.append(
+                f"skipped {len(self.deleted_ids)} record(s) no longer in the store: "
+                f"{name_ids(self.deleted_ids)}"
+            )
+        if self.mismatched_ids:
+            lines.append(
+                f"{len(self.mismatched_ids)} record(s) did not read back equal to their original: "
+                f"{name_ids(self.mismatched_ids)}; the state is kept, run revert() again"
+            )
+        if self.note:
+            lines.append(self.note)
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-serialisable values."""
+        return {
+            "n_restored": self.n_restored,
+            "n_already_original": self.n_already_original,
+            "changed_ids": list(self.changed_ids),
+            "deleted_ids": list(self.deleted_ids),
+            "mismatched_ids": list(self.mismatched_ids),
+            "max_abs_diff": self.max_abs_diff,
+            "state_dir": self.state_dir,
+            "note": self.note,
+        }
