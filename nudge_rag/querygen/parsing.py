@@ -38,7 +38,6 @@ import re
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable, MutableMapping, Sequence
-from dataclasses import dataclass
 
 from nudge_rag.errors import UnusableAnswerError
 
@@ -232,6 +231,7 @@ def _bounded(items: Iterable[str], max_chars: int | None, drops: DropCounts | No
     for q in items:
         if not q:
             continue
+        q = scrub_surrogates(q)  # JSON escapes ("\\ud800") can make them too
         if max_chars is not None and len(q) > max_chars:
             _count(drops, "too_long")
             continue
@@ -275,7 +275,7 @@ def parse_questions(
         answer = answer[:max_answer_chars]
     if not answer or answer.isspace():
         return []
-    text = unicodedata.normalize("NFKC", scrub_surrogates(answer)).replace("\r\n", "\n").strip()
+    text = unicodedata.normalize("NFKC", answer).replace("\r\n", "\n").strip()
     fenced = _fenced_blocks(text)
     candidates = [f for f in fenced if f.strip()] + [text]
     for cand in candidates:
@@ -327,20 +327,24 @@ def normalize_question(q: str) -> str:
     return " ".join(_TOKEN.findall(q))
 
 
-@dataclass(frozen=True)
 class _Features:
-    """What the near-duplicate test compares, computed once per question."""
+    """What the near-duplicate test compares, computed once per question (the bigram counts
+    only when the word sets did not decide)."""
 
-    tokens: frozenset[str]
-    bigrams: Counter[str]
-    n_bigrams: int
+    __slots__ = ("_bigrams", "n_bigrams", "norm", "tokens")
 
+    def __init__(self, q: str) -> None:
+        self.norm = normalize_question(q)
+        self.tokens = frozenset(self.norm.split())
+        self.n_bigrams = len(self.norm) + 1  # of " norm ", padded with a space each side
+        self._bigrams: Counter[str] | None = None
 
-def _features(q: str) -> _Features:
-    norm = normalize_question(q)
-    padded = f" {norm} "
-    bigrams = Counter(a + b for a, b in itertools.pairwise(padded))
-    return _Features(frozenset(norm.split()), bigrams, len(padded) - 1)
+    @property
+    def bigrams(self) -> Counter[str]:
+        if self._bigrams is None:
+            padded = f" {self.norm} "
+            self._bigrams = Counter(a + b for a, b in itertools.pairwise(padded))
+        return self._bigrams
 
 
 def _near(fa: _Features, fb: _Features, threshold: float) -> bool:
@@ -352,9 +356,8 @@ def _near(fa: _Features, fb: _Features, threshold: float) -> bool:
     na, nb = fa.n_bigrams, fb.n_bigrams
     if 2 * min(na, nb) < t * (na + nb):  # the lengths alone rule it out
         return False
-    small, big = (
-        (fa.bigrams, fb.bigrams) if len(fa.bigrams) <= len(fb.bigrams) else (fb.bigrams, fa.bigrams)
-    )
+    ba, bb = fa.bigrams, fb.bigrams
+    small, big = (ba, bb) if len(ba) <= len(bb) else (bb, ba)
     common = sum(min(c, big.get(g, 0)) for g, c in small.items())
     return 2 * common >= t * (na + nb)
 
@@ -367,7 +370,7 @@ def near_duplicate(a: str, b: str, threshold: float = 0.8) -> bool:
     padded with a space) is at least ``max(threshold, CHAR_NEAR_THRESHOLD)``: the second test
     catches typos and inflections ("statin" / "statins"), as the ``SequenceMatcher`` ratio did.
     """
-    return _near(_features(a), _features(b), threshold)
+    return _near(_Features(a), _Features(b), threshold)
 
 
 def _word_positions(text: str) -> dict[str, list[int]]:
@@ -437,7 +440,7 @@ def clean_questions(
     qs = list(questions)
     kept: list[str] = []
     keys = {normalize_question(s) for s in seen}
-    pool = [_features(s) for s in seen] if near_threshold is not None else []
+    pool = [_Features(s) for s in seen] if near_threshold is not None else []
     where = _word_positions(context) if context and max_copy_words is not None else None
     for idx, q in enumerate(qs):
         q = scrub_surrogates(" ".join(str(q).split()))
@@ -458,7 +461,7 @@ def clean_questions(
                 _count(drops, "copy")
                 continue
         if near_threshold is not None:
-            feats = _features(q)
+            feats = _Features(q)
             if any(_near(feats, p, near_threshold) for p in pool):
                 _count(drops, "near_duplicate")
                 continue
