@@ -439,11 +439,12 @@ async def _run_llm(
                     run.failures[cid] = repr(exc)
                     run.tick()
                     code = f"HTTP {status}, " if status is not None else ""
+                    said = str(exc) if len(str(exc)) <= 500 else str(exc)[:497] + "..."
+                    kept = "; chunks finished before are in the cache" if cache is not None else ""
                     msg = (
                         f"the LLM refused the request for chunk {cid!r} ({code}"
-                        f"{type(exc).__name__}): {exc}; not retried and the run is stopped: "
-                        "check the API key, its permissions, the model name and the prompt "
-                        "(chunks finished before are in the cache)"
+                        f"{type(exc).__name__}): {said}. Not retried, and the run is stopped: "
+                        f"check the API key, its permissions, the model name and the prompt{kept}"
                     )
                     raise LLMRequestError(
                         msg, cid, status_code=status, provider_message=str(exc)

@@ -83,8 +83,10 @@ _PREAMBLE = re.compile(
     re.I,
 )
 # One JSON string literal after optional whitespace and one optional comma: the two whitespace
-# runs are separated by the comma, so a run not followed by a string fails in one pass.
-_JSON_STRING = re.compile(r'\s*(?:,\s*)?("(?:[^"\\]|\\.)*")', re.S)
+# runs are separated by the comma, so a run not followed by a string fails in one pass. The
+# literal is the unrolled loop "[^"\\]*(?:\\.[^"\\]*)*": a backslash starts the only way out of
+# a run, so there is one way to match and an unterminated literal fails in one pass.
+_JSON_STRING = re.compile(r'\s*(?:,\s*)?("[^"\\]*(?:\\.[^"\\]*)*")', re.S)
 _WS = re.compile(r"\s+")
 _TOKEN = re.compile(r"\w+", re.U)
 _SURROGATE = re.compile("[\ud800-\udfff]")
