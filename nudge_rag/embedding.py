@@ -36,7 +36,8 @@ from typing import Any
 
 import numpy as np
 
-from nudge_rag.errors import ConfigError, DependencyError, ShapeError, require
+from nudge_rag._util import check_positive_int, progress_bar
+from nudge_rag.errors import ConfigError, ShapeError, require
 
 __all__ = [
     "DEFAULT_MODEL_ID",
@@ -236,12 +237,8 @@ class LocalEmbedder:
         query_prompt: str = "",
         document_prompt: str = "",
     ) -> None:
-        if not isinstance(batch_size, int) or batch_size < 1:
-            msg = f"batch_size must be a positive int, got {batch_size!r}"
-            raise ConfigError(msg)
-        if not isinstance(shard_size, int) or shard_size < 1:
-            msg = f"shard_size must be a positive int, got {shard_size!r}"
-            raise ConfigError(msg)
+        check_positive_int(batch_size, "batch_size")
+        check_positive_int(shard_size, "shard_size")
         if model is not None and model_id is None:
             msg = "model_id is required when passing a loaded model (it keys the cache)"
             raise ConfigError(msg)
@@ -369,14 +366,7 @@ class LocalEmbedder:
         return np.asarray(vecs, dtype=np.float32)
 
     def _progress(self, total: int, what: str) -> Any:
-        if not self.show_progress:
-            return None
-        try:
-            tqdm = require("tqdm", extra="local")
-        except DependencyError:
-            logger.warning("tqdm is not installed: no progress bar")
-            return None
-        return tqdm.tqdm(total=total, desc=f"embedding {what}", unit="text")  # type: ignore[attr-defined]
+        return progress_bar(total, f"embedding {what}", "text", show=self.show_progress)
 
 
 def _chunks(items: list[int], size: int) -> Iterator[list[int]]:

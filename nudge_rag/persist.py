@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from nudge_rag._faults import checkpoint
+from nudge_rag._util import framework_of
 from nudge_rag.errors import ConfigError, StoreError, UnsupportedStoreError
 
 __all__ = ["SAVABLE_STORES", "atomic_write", "atomic_write_bytes", "fsync_dir", "save_store"]
@@ -179,20 +180,13 @@ def atomic_write_bytes(path: PathArg, data: bytes) -> Path:
 # ---------------------------------------------------------------------------------------------
 # Whole stores
 # ---------------------------------------------------------------------------------------------
-def _from(obj: Any, framework: str) -> bool:
-    """Whether ``obj``'s class (or a base of it) comes from the package ``framework``."""
-    return any(
-        (getattr(c, "__module__", "") or "").split(".")[0] == framework for c in type(obj).__mro__
-    )
-
-
 def _saver(store: Any) -> tuple[str, bool, Callable[[Path, str], None]]:
     """``(what, is_file, write(tmp_folder, file_name))`` for ``store``.
 
     ``is_file``: ``persist_dir`` names a file (LangChain ``InMemoryVectorStore.dump``), not a
     folder.
     """
-    if _from(store, "llama_index"):
+    if framework_of(store) == "llamaindex":
         from llama_index.core import StorageContext
         from llama_index.core.indices.base import BaseIndex
 
@@ -222,7 +216,7 @@ def _saver(store: Any) -> tuple[str, bool, Callable[[Path, str], None]]:
                 False,
                 lambda d, _: store.persist(persist_path=str(d / fname)),
             )
-    if _from(store, "langchain_community") or _from(store, "langchain_core"):
+    if framework_of(store) == "langchain":
         name = type(store).__name__
         if hasattr(store, "save_local") and hasattr(store, "index_to_docstore_id"):
             return (name, False, lambda d, _: store.save_local(str(d)))

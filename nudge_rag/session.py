@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from nudge_rag._util import progress_iter
 from nudge_rag.core import BestUnmovedScores, QuerySet, UnmovedTopK, normalize_rows
 from nudge_rag.errors import (
     AnswerError,
@@ -148,7 +149,10 @@ class StoreSession:
         met: set[str] = set()
         n = 0
         pages = self.adapter.iter_pages(self.page_size, with_documents=False)
-        for page in _progress(pages, self.show_progress, self.adapter.count(), "reading store"):
+        total = self.adapter.count() if self.show_progress else 0
+        n_pages = -(-total // self.page_size)
+        desc = f"reading store ({total} records)"
+        for page in progress_iter(pages, n_pages, desc, "page", show=self.show_progress):
             vecs = np.asarray(page.embeddings, dtype=np.float64)
             if vecs.shape[0] and vecs.shape[1] != dim:
                 msg = (
@@ -475,13 +479,5 @@ def _live_process_owner(identity: str) -> int | None:
     return pid
 
 
-def _progress(it: Any, show: bool, total: int, desc: str) -> Any:
-    if not show:
-        return it
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover
-        return it
-    return tqdm(it, desc=f"{desc} ({total} records)", unit="page")
 
 

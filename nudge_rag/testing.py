@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from nudge_rag._util import check_positive_int
 from nudge_rag.errors import ConfigError, require
 
 __all__ = ["BagOfWordsEmbedder"]
@@ -71,11 +72,8 @@ class BagOfWordsEmbedder:
             self._index: dict[str, int] | None = {w: i for i, w in enumerate(words)}
             self._dim = len(words)
         else:
-            if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-                msg = f"dim: expected a positive int, received {dim!r}"
-                raise ConfigError(msg)
             self._index = None
-            self._dim = dim
+            self._dim = check_positive_int(dim, "dim")
 
     @property
     def dim(self) -> int:

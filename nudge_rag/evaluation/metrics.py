@@ -43,7 +43,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from nudge_rag.errors import AnswerError, ConfigError, NonFiniteError, ShapeError
+from nudge_rag._util import check_positive_int
+from nudge_rag.core.topk import topk_rows
+from nudge_rag.errors import AnswerError, NonFiniteError, ShapeError
 
 __all__ = [
     "MetricMeans",
@@ -62,17 +64,6 @@ __all__ = [
 # --------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------
-
-
-def _check_k(k: object, name: str = "k") -> int:
-    """Return ``k`` as an int, or raise ConfigError unless it is an integer >= 1."""
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
-        msg = f"{name} must be an integer >= 1, got {k!r} of type {type(k).__name__}"
-        raise ConfigError(msg)
-    if k < 1:
-        msg = f"{name} must be an integer >= 1, got {k}"
-        raise ConfigError(msg)
-    return int(k)
 
 
 def _first_k_gains(
@@ -119,7 +110,7 @@ def ndcg_at_k(
     Raises:
         ConfigError: If ``k`` is not an integer >= 1.
     """
-    k = _check_k(k)
+    k = check_positive_int(k, "k")
     ideal = sorted((float(g) for g in relevance.values() if float(g) > 0), reverse=True)[:k]
     if not ideal:
         return 0.0
@@ -145,7 +136,7 @@ def recall_at_k(
     Raises:
         ConfigError: If ``k`` is not an integer >= 1.
     """
-    k = _check_k(k)
+    k = check_positive_int(k, "k")
     n_rel = _n_relevant(relevance)
     if n_rel == 0:
         return 0.0
@@ -169,7 +160,7 @@ def precision_at_k(
     Raises:
         ConfigError: If ``k`` is not an integer >= 1.
     """
-    k = _check_k(k)
+    k = check_positive_int(k, "k")
     hits = sum(1 for g in _first_k_gains(ranked_ids, relevance, k) if g > 0)
     return hits / k
 
@@ -190,7 +181,7 @@ def mrr_at_k(
     Raises:
         ConfigError: If ``k`` is not an integer >= 1.
     """
-    k = _check_k(k)
+    k = check_positive_int(k, "k")
     for r, g in enumerate(_first_k_gains(ranked_ids, relevance, k)):
         if g > 0:
             return 1.0 / (r + 1)
@@ -213,7 +204,7 @@ def hit_rate_at_k(
     Raises:
         ConfigError: If ``k`` is not an integer >= 1.
     """
-    k = _check_k(k)
+    k = check_positive_int(k, "k")
     return 1.0 if any(g > 0 for g in _first_k_gains(ranked_ids, relevance, k)) else 0.0
 
 
@@ -350,7 +341,7 @@ def ranking_metrics(
         raise ShapeError(msg)
     n, width = ranked.shape
     k = width if k is None else k
-    k = _check_k(k)
+    k = check_positive_int(k, "k")
     ranked = ranked[:, :k].astype(np.int64, copy=False)
     if ranked.size and ranked.min() < -1:
         msg = f"ranked must hold row indices >= 0 or -1 for padding, got {int(ranked.min())}"
@@ -423,75 +414,6 @@ def ranking_metrics(
         mrr=mrr.astype(np.float64),
         hit=np.asarray(any_rel, dtype=np.float64),
     )
-
-
-def topk_rows(scores: np.ndarray, k: int) -> np.ndarray:
-    """Rows of the ``k`` highest scores of each query, best first.
-
-    Uses ``np.argpartition`` (linear time) then sorts only the ``k`` winners. Ties are broken
-    deterministically by the lower row index first, both inside the top ``k`` and at its
-    boundary (of rows tied with the k-th best score, the lowest-indexed ones are kept; only
-    the queries where such a tie straddles the boundary pay for an extra pass).
-
-    Args:
-        scores: ``(n_queries, n_records)`` similarity scores, higher is better; no NaN.
-        k: Number of rows to return, >= 1. If ``k > n_records`` the extra columns are ``-1``
-            (the padding value :func:`ranking_metrics` understands).
-
-    Returns:
-        ``(n_queries, k)`` int64 matrix of record rows.
-
-    Raises:
-        ConfigError: If ``k`` is not an integer >= 1.
-        ShapeError: If ``scores`` is not a 2-D numeric matrix.
-        NonFiniteError: If ``scores`` holds NaN.
-
-    Example:
-        >>> topk_rows(np.array([[0.2, 0.5, 0.5, 0.1]]), k=2)
-        array([[1, 2]])
-    """
-    k = _check_k(k)
-    scores = np.asarray(scores)
-    if scores.ndim != 2:
-        msg = f"scores must be a 2-D (n_queries, n_records) matrix, got shape {scores.shape}"
-        raise ShapeError(msg)
-    if not (np.issubdtype(scores.dtype, np.floating) or np.issubdtype(scores.dtype, np.integer)):
-        msg = f"scores must be numeric, got dtype {scores.dtype}"
-        raise ShapeError(msg)
-    if not np.issubdtype(scores.dtype, np.floating):
-        scores = scores.astype(np.float64)
-    if np.isnan(scores).any():
-        msg = "scores must not hold NaN"
-        raise NonFiniteError(msg)
-    n, n_rec = scores.shape
-    out = np.full((n, k), -1, dtype=np.int64)
-    if n == 0 or n_rec == 0:
-        return out
-    if k >= n_rec:
-        out[:, :n_rec] = np.argsort(-scores, axis=1, kind="stable")
-        return out
-
-    # The k best of each row as a set (order unspecified), without copying the scores.
-    cand = np.argpartition(scores, n_rec - k, axis=1)[:, n_rec - k :]
-    kth = np.take_along_axis(scores, cand, axis=1).min(axis=1, keepdims=True)
-    # Where rows tied with the k-th best score straddle the boundary, argpartition picked an
-    # arbitrary subset of them: redo those rows keeping the lowest-indexed tied rows.
-    n_above = np.count_nonzero(scores > kth, axis=1)
-    n_tied = np.count_nonzero(scores == kth, axis=1)
-    spill = np.flatnonzero(n_above + n_tied > k)
-    for start in range(0, spill.size, 256):  # in chunks, to bound the temporaries
-        rows = spill[start : start + 256]
-        sub, sub_kth = scores[rows], kth[rows]
-        tied = sub == sub_kth
-        need = (k - n_above[rows])[:, None]
-        keep = (sub > sub_kth) | (tied & (np.cumsum(tied, axis=1, dtype=np.int32) <= need))
-        cand[rows] = np.nonzero(keep)[1].reshape(rows.size, k)
-    # Sort the winners by score descending, ties by lower row index.
-    cand.sort(axis=1)
-    cand_scores = np.take_along_axis(scores, cand, axis=1)
-    order = np.argsort(-cand_scores, axis=1, kind="stable")
-    out[:] = np.take_along_axis(cand, order, axis=1)
-    return out
 
 
 def answers_to_csr(

@@ -5,12 +5,12 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+from nudge_rag._util import framework_of, from_class
 from nudge_rag.errors import ConfigError, require
-from nudge_rag.integrations import (
+from nudge_rag.integrations.base import (
     Pipeline,
     QueryEmbedder,
     document_embedder,
-    framework_of,
     framework_query_embedder,
     model_name,
 )
@@ -19,10 +19,7 @@ __all__ = ["as_langchain_embeddings", "pipeline", "query_embedder"]
 
 
 def _is_embeddings(model: Any) -> bool:
-    return any(
-        c.__name__ == "Embeddings" and (c.__module__ or "").startswith("langchain_core")
-        for c in type(model).__mro__
-    )
+    return from_class(model, "langchain_core", "Embeddings")
 
 
 def query_embedder(model: Any, max_concurrency: int = 16) -> QueryEmbedder:

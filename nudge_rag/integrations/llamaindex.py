@@ -5,12 +5,12 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+from nudge_rag._util import framework_of, from_class
 from nudge_rag.errors import ConfigError, require
-from nudge_rag.integrations import (
+from nudge_rag.integrations.base import (
     Pipeline,
     QueryEmbedder,
     document_embedder,
-    framework_of,
     framework_query_embedder,
     model_name,
 )
@@ -19,7 +19,7 @@ __all__ = ["as_llamaindex_embedding", "pipeline", "query_embedder"]
 
 
 def _is_base_embedding(model: Any) -> bool:
-    return any(c.__name__ == "BaseEmbedding" for c in type(model).__mro__)
+    return from_class(model, "llama_index.", "BaseEmbedding")
 
 
 def query_embedder(model: Any, max_concurrency: int = 16) -> QueryEmbedder:
@@ -41,7 +41,7 @@ def pipeline(obj: Any, embed_model: Any = None, *, max_concurrency: int = 16) ->
     require("llama_index.core", "llamaindex")
     from llama_index.core import Settings
 
-    is_index = any(c.__name__ == "VectorStoreIndex" for c in type(obj).__mro__)
+    is_index = from_class(obj, "llama_index.", "VectorStoreIndex")
     model = embed_model
     if model is None and is_index:
         model = getattr(obj, "_embed_model", None)

@@ -15,8 +15,9 @@ from typing import Literal, NamedTuple
 import numpy as np
 
 from nudge_rag._faults import checkpoint
+from nudge_rag._util import check_positive_int
+from nudge_rag.core.topk import RunningTopK
 from nudge_rag.errors import (
-    ConfigError,
     DimensionMismatchError,
     NonFiniteError,
     NudgeInputError,
@@ -263,9 +264,7 @@ class VectorStoreAdapter(abc.ABC):
         if not np.all(np.isfinite(q)):
             msg = "query: expected finite values, received NaN or inf"
             raise NonFiniteError(msg)
-        if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
-            msg = f"k: expected a positive int, received {k!r}"
-            raise ConfigError(msg)
+        k = check_positive_int(k, "k")
         return self._search(q, int(k))
 
     @abc.abstractmethod
@@ -294,9 +293,7 @@ class VectorStoreAdapter(abc.ABC):
             store (``exact_search`` False) a row can miss a record a full scan would include.
         """
         q = self._check_queries(queries)
-        if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
-            msg = f"k: expected a positive int, received {k!r}"
-            raise ConfigError(msg)
+        k = check_positive_int(k, "k")
         if isinstance(exclude, str):
             msg = "exclude: expected a sequence of ids, received a single str"
             raise NudgeInputError(msg)
@@ -351,8 +348,8 @@ class VectorStoreAdapter(abc.ABC):
         store's own search can return). Memory: one page and ``n_queries × k`` best scores."""
         skip = set(exclude)
         q = np.asarray(queries, dtype=np.float64)
-        best_s = np.full((q.shape[0], 0), -np.inf)
-        best_i = np.zeros((q.shape[0], 0), dtype=object)
+        top = RunningTopK(q.shape[0], k)
+        kept_ids: list[str] = []
         for page in self.iter_pages(page_size, with_documents=False):
             keep = [j for j, i in enumerate(page.ids) if i not in skip]
             if not keep:
@@ -364,25 +361,17 @@ class VectorStoreAdapter(abc.ABC):
             if self.metric == "l2":
                 d2 = (q * q).sum(1)[:, None] + (x * x).sum(1)[None, :] - 2.0 * s
                 s = 1.0 - d2 / 2.0
-            ids = np.asarray([page.ids[j] for j in keep], dtype=object)
-            all_s = np.concatenate([best_s, s], axis=1)
-            all_i = np.concatenate([best_i, np.broadcast_to(ids, s.shape)], axis=1)
-            order = np.argsort(-all_s, axis=1, kind="stable")[:, :k]
-            best_s = np.take_along_axis(all_s, order, axis=1)
-            best_i = np.take_along_axis(all_i, order, axis=1)
+            top.update(s)
+            kept_ids.extend(page.ids[j] for j in keep)
         return [
-            [(str(i), float(s)) for i, s in zip(ids_row, s_row, strict=True)]
-            for ids_row, s_row in zip(best_i, best_s, strict=True)
+            [(kept_ids[i], float(s)) for i, s in zip(rows, s_row, strict=True)]
+            for rows, s_row in zip(top.rows.tolist(), top.scores, strict=True)
         ]
-
-    # -- shared checks ------------------------------------------------------------------------
 
     def _check_write(
         self, ids: Sequence[str], vectors: np.ndarray, batch_size: int
     ) -> tuple[list[str], np.ndarray]:
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            msg = f"batch_size: expected a positive int, received {batch_size!r}"
-            raise ConfigError(msg)
+        check_positive_int(batch_size, "batch_size")
         if isinstance(ids, str):
             msg = "ids: expected a sequence of ids, received a single str"
             raise NudgeInputError(msg)
@@ -446,10 +435,7 @@ class VectorStoreAdapter(abc.ABC):
         return q
 
     def _check_page_size(self, page_size: int) -> int:
-        if isinstance(page_size, bool) or not isinstance(page_size, int) or page_size < 1:
-            msg = f"page_size: expected a positive int, received {page_size!r}"
-            raise ConfigError(msg)
-        return page_size
+        return check_positive_int(page_size, "page_size")
 
     def _raise_missing(self, missing: Sequence[str]) -> None:
         msg = f"get: {len(missing)} id(s) are not in the {self.name} store: {name_ids(missing)}"

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from nudge_rag._util import from_class as _is
 from nudge_rag.errors import UnsupportedStoreError
 from nudge_rag.stores._base import VectorStoreAdapter
 
@@ -42,14 +43,6 @@ _DESCRIPTIONS: dict[str, str] = {
 
 #: Names of the stores ``adapter_for`` accepts (each adapter's ``name``).
 SUPPORTED_STORES: list[str] = list(_DESCRIPTIONS)
-
-
-def _classes(obj: Any) -> list[tuple[str, str]]:
-    return [(c.__module__ or "", c.__name__) for c in type(obj).__mro__]
-
-
-def _is(obj: Any, module_prefix: str, *names: str) -> bool:
-    return any(m.startswith(module_prefix) and n in names for m, n in _classes(obj))
 
 
 def _type_name(obj: Any) -> str:

@@ -91,7 +91,7 @@ def test_empty_ranking_and_no_relevant_score_zero(fn) -> None:
 @pytest.mark.parametrize("fn", PER_QUERY)
 @pytest.mark.parametrize("bad_k", [0, -3, 1.5, True, "10", None])
 def test_per_query_bad_k_raises_config_error(fn, bad_k) -> None:
-    with pytest.raises(ConfigError, match="k must be an integer >= 1"):
+    with pytest.raises(ConfigError, match="k: expected an integer >= 1"):
         fn(["a"], {"a": 1}, k=bad_k)
 
 
@@ -278,7 +278,7 @@ def test_topk_rows_feeds_ranking_metrics() -> None:
 
 
 def test_topk_rows_bad_input() -> None:
-    with pytest.raises(ConfigError, match="k must be"):
+    with pytest.raises(ConfigError, match="k: expected an integer >= 1"):
         topk_rows(np.zeros((2, 3)), 0)
     with pytest.raises(ShapeError, match="2-D"):
         topk_rows(np.zeros(3), 1)
@@ -316,7 +316,7 @@ def test_answers_to_csr_bad_input(answers, error, match) -> None:
 
 
 def test_ranking_metrics_bad_k() -> None:
-    with pytest.raises(ConfigError, match="k must be an integer >= 1, got 0"):
+    with pytest.raises(ConfigError, match="k: expected an integer >= 1, received 0"):
         ranking_metrics(np.zeros((1, 2), dtype=int), *answers_to_csr([[0]]), k=0)
 
 
