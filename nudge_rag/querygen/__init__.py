@@ -5,7 +5,8 @@ The pieces, each usable alone:
 * :func:`generate_queries` / :func:`agenerate_queries`: chunks in, a
   :class:`GeneratedDataset` (LlamaIndex ``EmbeddingQAFinetuneDataset`` JSON shape) out.
 * :class:`OfflineGenerator`: pseudo-queries without a model (the default when ``llm=None``).
-* :func:`parse_questions` / :func:`clean_questions`: what LLMs really answer, made usable.
+* :func:`parse_questions` / :func:`clean_questions`: what LLMs really answer, made usable, in
+  time linear in the answer (cut at 64 kB; questions over 500 characters dropped).
 * :class:`QueryCache`: the JSONL resume file.
 * :class:`RoundTrip`: the InPars / Promptagator round-trip filter.
 
@@ -14,6 +15,7 @@ Only numpy and the standard library are imported; LLM frameworks are recognised 
 
 from __future__ import annotations
 
+from nudge_rag.errors import LLMRequestError, UnusableAnswerError
 from nudge_rag.querygen.cache import QueryCache
 from nudge_rag.querygen.filter import RoundTrip, RoundTripReport
 from nudge_rag.querygen.generate import (
@@ -33,11 +35,13 @@ __all__ = [
     "DEFAULT_PROMPT",
     "GeneratedDataset",
     "GenerationStats",
+    "LLMRequestError",
     "OfflineGenerator",
     "QueryCache",
     "QueryGenerationError",
     "RoundTrip",
     "RoundTripReport",
+    "UnusableAnswerError",
     "agenerate_queries",
     "as_async_llm",
     "clean_questions",

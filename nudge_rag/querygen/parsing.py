@@ -50,6 +50,7 @@ __all__ = [
     "near_duplicate",
     "normalize_question",
     "parse_questions",
+    "scrub_surrogates",
 ]
 
 #: Characters of an answer that are read; the rest is cut off before parsing.
