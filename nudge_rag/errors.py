@@ -9,8 +9,8 @@
     │   ├── NonFiniteError           NaN or inf in a vector
     │   ├── ZeroVectorError          an all-zero vector (it has no direction to rank by)
     │   ├── AnswerError              a query with no answer, or an answer row out of range
-    │   └── ConfigError              an option out of its range or of the wrong kind
-    ├── DatasetError (ValueError)    a data folder or file that cannot be read as a dataset
+    │   ├── ConfigError              an option out of its range or of the wrong kind
+    │   └── DatasetError             judged queries, or a data folder or file, that cannot be read
     ├── StoreError                   reading or writing a vector store failed
     │   ├── UnsupportedStoreError    (TypeError) no adapter exists for this store / index
     │   ├── MetricError              the method does not suit the store's similarity metric
@@ -82,8 +82,9 @@ class ConfigError(NudgeInputError):
     """An option is out of its range or of the wrong kind."""
 
 
-class DatasetError(NudgeError, ValueError):
-    """A data folder or file cannot be read as a dataset."""
+class DatasetError(NudgeInputError):
+    """Judged queries (pairs, a dataset object, a JSON file, a BEIR folder) or a data folder or
+    file that cannot be read: see :meth:`nudge_rag.judged.JudgedQueries.from_any`."""
 
 
 class StoreError(NudgeError):

@@ -22,7 +22,6 @@ written is logged and counted, and the chunk's questions are kept. ``stats.rejec
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
 import random
 import time
@@ -33,15 +32,20 @@ from typing import Any, Literal
 
 import numpy as np
 
+from nudge_rag._util import (
+    check_non_negative,
+    check_non_negative_int,
+    check_positive_int,
+    progress_bar,
+    run_sync,
+)
 from nudge_rag.errors import (
     ConfigError,
-    DependencyError,
     LLMRequestError,
     QueryGenerationError,
     UnusableAnswerError,
-    require,
 )
-from nudge_rag.evaluation.datasets import QADataset
+from nudge_rag.judged import QADataset
 from nudge_rag.querygen.cache import QueryCache, config_hash
 from nudge_rag.querygen.filter import RoundTrip, RoundTripReport, round_trip_ranks
 from nudge_rag.querygen.llm import (
@@ -123,17 +127,31 @@ class GenerationStats:
         return (self.n_generated / self.seconds) if self.seconds > 0 else float("nan")
 
 
-@dataclass
 class GeneratedDataset(QADataset):
-    """A :class:`~nudge_rag.evaluation.datasets.QADataset` of generated queries, with run stats.
+    """Generated queries as :class:`~nudge_rag.judged.JudgedQueries`, with the run's stats.
 
     ``corpus`` holds every chunk passed in (all of them are candidates at retrieval time), and
     ``queries`` / ``relevant_docs`` the generated questions, each answered by its source chunk.
     Query ids are ``"<chunk id>#<i>"``. ``save_json`` writes LlamaIndex's
-    ``EmbeddingQAFinetuneDataset`` shape (the stats are not written).
+    ``EmbeddingQAFinetuneDataset`` shape (the stats are not written). Unlike
+    :meth:`~nudge_rag.judged.JudgedQueries.from_any`, it may hold no query (every chunk failed).
+
+    Attributes:
+        stats: How the run went (:class:`GenerationStats`); ``None`` when read from a file.
     """
 
     stats: GenerationStats | None = None
+
+    def __init__(
+        self,
+        queries: Mapping[str, str],
+        corpus: Mapping[str, str],
+        relevant_docs: Mapping[str, Any],
+        mode: str | None = None,
+        stats: GenerationStats | None = None,
+    ) -> None:
+        super().__init__(queries, corpus, relevant_docs, mode)
+        object.__setattr__(self, "stats", stats)
 
     def training_pairs(self) -> list[tuple[str, list[str]]]:
         """``[(query text, [chunk id]), ...]``, the form ``NudgeEmbeddingFinetuner.finetune`` takes."""
@@ -180,17 +198,6 @@ class _Run:
         self.bar.update(1)
 
 
-def _progress(total: int, show: bool, desc: str) -> Any:
-    if not show:
-        return None
-    try:
-        tqdm = require("tqdm", extra="local")
-    except DependencyError:
-        logger.warning("tqdm is not installed: no progress bar")
-        return None
-    return tqdm.tqdm(total=total, desc=desc, unit="chunk")  # type: ignore[attr-defined]
-
-
 def _check_options(
     queries_per_chunk: int,
     max_concurrency: int,
@@ -201,24 +208,17 @@ def _check_options(
     on_error: str,
 ) -> None:
     def bad(name: str, want: str, got: object) -> None:
-        msg = f"{name} must be {want}; received {got!r}"
+        msg = f"{name}: expected {want}, received {got!r}"
         raise ConfigError(msg)
 
-    def is_int(x: object) -> bool:
-        return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
-
-    if not is_int(queries_per_chunk) or queries_per_chunk < 1:
-        bad("queries_per_chunk", "an int >= 1", queries_per_chunk)
-    if not is_int(max_concurrency) or max_concurrency < 1:
-        bad("max_concurrency", "an int >= 1", max_concurrency)
-    if max_chunks is not None and (not is_int(max_chunks) or max_chunks < 1):
-        bad("max_chunks", "None or an int >= 1", max_chunks)
+    check_positive_int(queries_per_chunk, "queries_per_chunk")
+    check_positive_int(max_concurrency, "max_concurrency")
+    if max_chunks is not None:
+        check_positive_int(max_chunks, "max_chunks")
     if timeout is not None and not timeout > 0:
         bad("timeout", "None or a number of seconds > 0", timeout)
-    if not is_int(retries) or retries < 0:
-        bad("retries", "an int >= 0", retries)
-    if not backoff >= 0:
-        bad("backoff", "a number of seconds >= 0", backoff)
+    check_non_negative_int(retries, "retries")
+    check_non_negative(backoff, "backoff")
     if on_error not in ("skip", "raise"):
         bad("on_error", "'skip' or 'raise'", on_error)
 
@@ -261,7 +261,7 @@ async def agenerate_queries(
     if llm is None or isinstance(llm, OfflineGenerator):
         gen = llm if isinstance(llm, OfflineGenerator) else OfflineGenerator(seed=seed)
         name = gen.fingerprint
-        run.bar = _progress(len(ids), show_progress, "offline queries")
+        run.bar = progress_bar(len(ids), "offline queries", "chunk", show=show_progress)
         raw = gen.generate(corpus, n, only=ids)
         for cid in ids:
             per_chunk[cid] = clean_questions(
@@ -285,7 +285,7 @@ async def agenerate_queries(
             else:
                 per_chunk[cid] = hit
                 run.cached += 1
-        run.bar = _progress(len(ids), show_progress, "generating queries")
+        run.bar = progress_bar(len(ids), "generating queries", "chunk", show=show_progress)
         if run.bar is not None and run.cached:
             run.bar.update(run.cached)
         if cache is not None and run.cached:
@@ -639,7 +639,7 @@ def generate_queries(
             duplicates are always dropped).
 
     Returns:
-        A :class:`GeneratedDataset` (a :class:`~nudge_rag.evaluation.datasets.QADataset`) whose
+        A :class:`GeneratedDataset` (:class:`~nudge_rag.judged.JudgedQueries` of the questions) whose
         ``stats`` say what happened.
 
     Raises:
@@ -669,9 +669,4 @@ def generate_queries(
         max_copy_words=max_copy_words,
         near_duplicate=near_duplicate,
     )
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro)
-    with concurrent.futures.ThreadPoolExecutor(1) as ex:  # inside a running loop (Jupyter)
-        return ex.submit(asyncio.run, coro).result()
+    return run_sync(coro)

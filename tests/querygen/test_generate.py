@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from nudge_rag.errors import ConfigError
-from nudge_rag.evaluation.datasets import QADataset
+from nudge_rag.judged import QADataset
 from nudge_rag.querygen import (
     GeneratedDataset,
     OfflineGenerator,
