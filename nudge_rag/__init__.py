@@ -2,7 +2,8 @@
 
 The nouns a user needs are here; the machinery stays in its subpackages (:mod:`nudge_rag.core`
 for the maths and streaming helpers, :mod:`nudge_rag.stores` for the store adapters,
-:mod:`nudge_rag.querygen`, :mod:`nudge_rag.evaluation`, :mod:`nudge_rag.state`).
+:mod:`nudge_rag.querygen`, :mod:`nudge_rag.evaluation`, :mod:`nudge_rag.state`). Queries with
+judged relevant records, whatever their shape, are :class:`JudgedQueries` (:mod:`nudge_rag.judged`).
 
 The core is pure numpy. Framework and store integrations import their dependencies lazily, so
 ``import nudge_rag`` loads no framework, store client or torch. The library logs through
@@ -18,6 +19,7 @@ from nudge_rag.errors import NudgeError
 from nudge_rag.evaluation import Comparison, EvaluationResult, QADataset, compare
 from nudge_rag.evaluation.evaluate import aevaluate, evaluate
 from nudge_rag.finetuner import FinetuneReport, NudgeEmbeddingFinetuner, RevertReport
+from nudge_rag.judged import JudgedQueries
 from nudge_rag.querygen import agenerate_queries, generate_queries
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
@@ -28,6 +30,7 @@ __all__ = [
     "Comparison",
     "EvaluationResult",
     "FinetuneReport",
+    "JudgedQueries",
     "NudgeEmbeddingFinetuner",
     "NudgeError",
     "NudgeM",

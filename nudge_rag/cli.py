@@ -75,7 +75,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
         msg = "--method both applies to BEIR folders only; a store is fine-tuned in place with one method"
         raise ConfigError(msg)
     from nudge_rag.core import NudgeN
-    from nudge_rag.evaluation import QADataset
+    from nudge_rag.judged import JudgedQueries
 
     # Every input is checked before anything is built, read or written.
     NudgeN(gamma=args.gamma, objective=args.objective)
@@ -83,7 +83,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     held_out = sources.input_file(args.eval_queries, "--eval-queries")
     llm = sources.load_llm(args.llm) if args.llm else None
     if train is not None:
-        QADataset.from_json(train)
+        JudgedQueries.from_any(train, name="--queries")
     src = _open(args)
     print(f"Fine-tuning {src.label}...", flush=True)
     run = src.finetune(

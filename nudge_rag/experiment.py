@@ -14,10 +14,12 @@ from typing import Any
 
 import numpy as np
 
+from nudge_rag.beir import load_beir, paper_split
 from nudge_rag.core import NudgeM, NudgeN, NudgeResult, QuerySet
+from nudge_rag.core.topk import topk_rows
 from nudge_rag.errors import DatasetError
-from nudge_rag.evaluation.datasets import load_beir, paper_split
-from nudge_rag.evaluation.metrics import RankingMetrics, answers_to_csr, ranking_metrics, topk_rows
+from nudge_rag.evaluation.metrics import RankingMetrics, answers_to_csr, ranking_metrics
+from nudge_rag.judged import JudgedQueries
 
 __all__ = ["BeirExperiment", "ExperimentRow", "evaluate_embeddings", "prepare_beir", "run_methods"]
 
@@ -86,10 +88,12 @@ def prepare_beir(
     t0 = time.perf_counter()
     doc_emb = np.asarray(embedder.embed_documents([data.corpus[d] for d in doc_ids]), np.float32)
     sets = []
-    for judg in (train_j, val_j, test_j):
-        qids = list(judg)
-        q = np.asarray(embedder.embed_queries([data.queries[x] for x in qids]), np.float32)
-        sets.append(QuerySet(q, [{row[d]: float(g) for d, g in judg[x].items()} for x in qids]))
+    for part, judg in zip(("train", "validation", "test"), (train_j, val_j, test_j), strict=True):
+        jq = JudgedQueries.from_any(
+            {"queries": data.queries, "relevant_docs": judg}, name=f"{path.name} {part} split"
+        )
+        q = np.asarray(embedder.embed_queries(list(jq.texts or ())), np.float32)
+        sets.append(jq.to_query_set(row, q))
     logger.info("%s embedded in %.1f s", path.name, time.perf_counter() - t0)
     train, val, test = sets
     seen = set(train.rows.tolist())

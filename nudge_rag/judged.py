@@ -199,9 +199,14 @@ def _drop_empty(parsed: _Parsed, name: str) -> _Parsed:
 
 def _read_json(path: Path, name: str) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        msg = f"{name}: {str(path)!r} cannot be read as JSON ({exc})"
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        msg = f"{name}: {str(path)!r} cannot be read as UTF-8 text ({exc})"
+        raise DatasetError(msg) from exc
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        msg = f"{name}: {str(path)!r} is not valid JSON ({exc})"
         raise DatasetError(msg) from exc
     if not isinstance(data, dict):
         _fail(

@@ -247,7 +247,10 @@ def test_bad_files_and_folders(tmp_path: Path) -> None:
         JudgedQueries.from_any(tmp_path / "missing.json", name="--queries")
     bad = tmp_path / "bad.json"
     bad.write_text("{not json", encoding="utf-8")
-    with pytest.raises(DatasetError, match="cannot be read as JSON"):
+    with pytest.raises(DatasetError, match="is not valid JSON"):
+        JudgedQueries.from_any(bad)
+    bad.write_bytes(b"\xff\xfe{}")
+    with pytest.raises(DatasetError, match="cannot be read as UTF-8 text"):
         JudgedQueries.from_any(bad)
     bad.write_text("[1, 2]", encoding="utf-8")
     with pytest.raises(DatasetError, match=r"JSON object .* received a JSON list"):

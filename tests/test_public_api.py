@@ -49,6 +49,7 @@ def test_public_names():
         "Comparison",
         "EvaluationResult",
         "FinetuneReport",
+        "JudgedQueries",
         "NudgeEmbeddingFinetuner",
         "NudgeError",
         "NudgeM",

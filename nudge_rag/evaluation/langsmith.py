@@ -25,8 +25,8 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any, Literal
 
+from nudge_rag._util import check_positive_int
 from nudge_rag.errors import ConfigError, DatasetError
-from nudge_rag.evaluation.evaluate import _grades, retrieved_id
 from nudge_rag.evaluation.metrics import (
     hit_rate_at_k,
     mrr_at_k,
@@ -34,6 +34,8 @@ from nudge_rag.evaluation.metrics import (
     precision_at_k,
     recall_at_k,
 )
+from nudge_rag.integrations.retrievers import retrieved_id
+from nudge_rag.judged import parse_relevance
 
 __all__ = ["LangSmithMetric", "langsmith_evaluator"]
 
@@ -96,9 +98,7 @@ def langsmith_evaluator(
     if metric not in _FUNCS:
         msg = f"metric: expected one of {sorted(_FUNCS)}, received {metric!r}"
         raise ConfigError(msg)
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        msg = f"k: expected an integer >= 1, received {k!r}"
-        raise ConfigError(msg)
+    k = check_positive_int(k, "k")
     func = _FUNCS[metric]
     key = f"{metric}@{k}"
 
@@ -138,7 +138,7 @@ def langsmith_evaluator(
             found = sorted(map(str, ref)) if isinstance(ref, Mapping) else type(ref).__name__
             msg = f"example.outputs: expected key {reference_key!r} (reference_key) with the relevant ids, found {found}"
             raise DatasetError(msg)
-        return _grades(ref[reference_key], f"example.outputs[{reference_key!r}]")
+        return parse_relevance(ref[reference_key], f"example.outputs[{reference_key!r}]")
 
     def evaluator(run: Any, example: Any) -> dict[str, Any]:
         ranked = retrieved(run)

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from nudge_rag.errors import ConfigError, require
-from nudge_rag.evaluation.evaluate import _METRICS, EvaluationResult, compare
+from nudge_rag.evaluation.results import METRICS, EvaluationResult, compare
 
 __all__ = ["plot_comparison"]
 
@@ -86,7 +86,7 @@ def plot_comparison(
     axes = fig.subplots(1, ncols, squeeze=False)[0]
 
     ax = axes[0]
-    labels = [f"{label}@{k}" for _, label in _METRICS]
+    labels = [f"{label}@{k}" for _, label in METRICS]
     x = np.arange(len(labels))
     w = 0.38
     vb = [row.before for row in cmp.rows]

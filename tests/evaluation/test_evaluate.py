@@ -18,8 +18,8 @@ import pytest
 from nudge_rag.errors import ConfigError, DatasetError, NudgeError
 from nudge_rag.evaluation import (
     Comparison,
-    EvalQueries,
     EvaluationResult,
+    JudgedQueries,
     QADataset,
     aevaluate,
     compare,
@@ -458,7 +458,7 @@ def test_beir_keeps_grades_and_picks_the_split(tmp_path) -> None:
     assert res.ndcg == pytest.approx((1 + 2 / np.log2(3)) / idcg)
     dev = evaluate(fixed(RUNS), beir, k=2, split="dev")
     assert dev.query_ids == ("q2",) and dev.mrr == 1.0
-    assert EvalQueries.from_any(beir, split="dev").relevance == ({"d3": 1.0},)
+    assert JudgedQueries.from_any(beir, split="dev").relevance == ({"d3": 1.0},)
 
 
 # ------------------------------------------------------------------ bad inputs
@@ -502,7 +502,7 @@ def test_bad_max_concurrency_raises(n) -> None:
         ([("q", {"d": "high"})], "numeric relevance grades"),
         ([("q", {"d": 0})], "at least one query with a relevant id"),
         ([], "at least one query"),
-        (12, "dataset: expected a QADataset"),
+        (12, "dataset: expected judged queries"),
     ],
 )
 def test_bad_datasets_raise_dataset_error(dataset, pattern) -> None:
