@@ -296,6 +296,19 @@ class LocalEmbedder:
         )
         return int(get())
 
+    # -- framework wrappers ----------------------------------------------------------------
+    def as_llamaindex(self) -> Any:
+        """This model as a LlamaIndex ``BaseEmbedding`` (``Settings.embed_model = ...``)."""
+        from nudge_rag.integrations.llamaindex import as_llamaindex_embedding
+
+        return as_llamaindex_embedding(self, model_name=self.model_id)
+
+    def as_langchain(self) -> Any:
+        """This model as LangChain ``Embeddings`` (``embedding=`` of a vector store)."""
+        from nudge_rag.integrations.langchain import as_langchain_embeddings
+
+        return as_langchain_embeddings(self)
+
     # -- embedding -------------------------------------------------------------------------
     def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
         """Embed records (chunks, nodes, documents): unit-norm float32 ``(len(texts), d)``."""
