@@ -14,7 +14,6 @@ not matter. Texts, metadata and ids are never written; only the vectors of moved
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
 import os
 import tempfile
@@ -27,6 +26,7 @@ from typing import Any, Literal
 import numpy as np
 
 from nudge_rag._faults import checkpoint
+from nudge_rag._util import check_positive_int, run_sync
 from nudge_rag.core import (
     BestUnmovedScores,
     NudgeM,
@@ -35,7 +35,6 @@ from nudge_rag.core import (
     normalize_rows,
 )
 from nudge_rag.errors import (
-    AnswerError,
     ConfigError,
     DimensionMismatchError,
     MetricError,
@@ -43,6 +42,7 @@ from nudge_rag.errors import (
 )
 from nudge_rag.evaluation.metrics import MetricMeans, ranking_metrics
 from nudge_rag.integrations import Pipeline, resolve_pipeline
+from nudge_rag.judged import JudgedQueries, TrainingPairs, as_training_pairs
 from nudge_rag.reports import FinetuneReport, RevertReport
 from nudge_rag.session import REPORT_K, StoreSession
 from nudge_rag.state import (
@@ -53,11 +53,11 @@ from nudge_rag.state import (
 from nudge_rag.stores import StoreIdentity, VectorStoreAdapter, adapter_for
 
 __all__ = ["FinetuneReport", "NudgeEmbeddingFinetuner", "RevertReport", "as_training_pairs"]
+# as_training_pairs: nudge_rag.judged's, importable from here as before
 
 logger = logging.getLogger(__name__)
 
 Method = Literal["nudge-n", "nudge-m"]
-TrainingPairs = list[tuple[str, dict[str, float]]]
 #: Median cosine between stored vectors and the model's embedding of their texts below which
 #: the model is taken for another one (a header of metadata in the embedded text costs ~0.1;
 #: another model of the same width gives ~0).
@@ -66,64 +66,6 @@ MODEL_CHECK_COSINE = 0.5
 AUTO_SEARCH_RECORDS = 50_000
 
 
-# ---------------------------------------------------------------------------------------------
-# Training queries in any of the shapes users have
-# ---------------------------------------------------------------------------------------------
-def as_training_pairs(data: Any) -> TrainingPairs:
-    """Normalise training queries to ``[(query text, {record id: grade}), ...]``.
-
-    Accepts ``[(text, [id, ...]), ...]`` (or ``(text, id)``, or ``(text, {id: grade})``); an
-    object or dict with ``queries`` (id -> text) and ``relevant_docs`` (id -> [record ids]) such
-    as :class:`~nudge_rag.evaluation.QADataset` or LlamaIndex's ``EmbeddingQAFinetuneDataset``;
-    or the path of such a JSON file.
-    """
-    if isinstance(data, (str, os.PathLike)):
-        from nudge_rag.evaluation.datasets import QADataset
-
-        data = QADataset.from_json(data)
-    if isinstance(data, Mapping) and "queries" in data and "relevant_docs" in data:
-        queries, rel = data["queries"], data["relevant_docs"]
-    elif hasattr(data, "queries") and hasattr(data, "relevant_docs"):
-        queries, rel = data.queries, data.relevant_docs
-    else:
-        queries = rel = None
-    pairs: TrainingPairs = []
-    if queries is not None:
-        for qid, text in queries.items():
-            if qid in rel:
-                pairs.append((str(text), _grades(rel[qid], f"relevant_docs[{qid!r}]")))
-        return pairs
-    if isinstance(data, (bytes, Mapping)) or not isinstance(data, Sequence):
-        msg = (
-            "train_queries must be a list of (query text, [record id, ...]) pairs, a dataset with "
-            "queries and relevant_docs (QADataset, LlamaIndex EmbeddingQAFinetuneDataset), or a "
-            f"path to its JSON; received {type(data).__name__}"
-        )
-        raise ConfigError(msg)
-    for i, item in enumerate(data):
-        if not isinstance(item, (tuple, list)) or len(item) != 2 or not isinstance(item[0], str):
-            msg = f"train_queries[{i}] must be a (query text, [record id, ...]) pair; received {item!r:.80}"
-            raise ConfigError(msg)
-        pairs.append((item[0], _grades(item[1], f"train_queries[{i}]")))
-    return pairs
-
-
-def _grades(ids: Any, where: str) -> dict[str, float]:
-    if isinstance(ids, Mapping):
-        out = {str(k): float(v) for k, v in ids.items() if float(v) > 0}
-    elif isinstance(ids, (str, int)):
-        out = {str(ids): 1.0}
-    else:
-        out = {str(k): 1.0 for k in ids}
-    if not out:
-        msg = f"{where} names no relevant record: every training query needs at least one"
-        raise AnswerError(msg)
-    return out
-
-
-# ---------------------------------------------------------------------------------------------
-# Reports
-# ---------------------------------------------------------------------------------------------
 # ---------------------------------------------------------------------------------------------
 # The finetuner
 # ---------------------------------------------------------------------------------------------
@@ -224,15 +166,9 @@ class NudgeEmbeddingFinetuner:
             msg = f"method must be 'nudge-n' or 'nudge-m'; received {self.method!r}"
             raise ConfigError(msg)
         for name in ("page_size", "write_batch_size", "max_concurrency"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                msg = f"{name} must be a positive int; received {v!r}"
-                raise ConfigError(msg)
-        if self.similarity_top_k is not None and (
-            not isinstance(self.similarity_top_k, int) or self.similarity_top_k < 1
-        ):
-            msg = f"similarity_top_k must be a positive int or None; received {self.similarity_top_k!r}"
-            raise ConfigError(msg)
+            check_positive_int(getattr(self, name), name)
+        if self.similarity_top_k is not None:
+            check_positive_int(self.similarity_top_k, "similarity_top_k")
         if self.unmoved not in ("auto", "scan", "search"):
             msg = f"unmoved must be 'auto', 'scan' or 'search'; received {self.unmoved!r}"
             raise ConfigError(msg)
@@ -284,7 +220,7 @@ class NudgeEmbeddingFinetuner:
             that keeps no texts (pass its ``VectorStoreIndex`` to get a retriever).
             :attr:`report` says what happened.
         """
-        return _run_sync(
+        return run_sync(
             self.afinetune(
                 train_queries,
                 similarity_top_k=similarity_top_k,
@@ -302,10 +238,7 @@ class NudgeEmbeddingFinetuner:
         """Async twin of :meth:`finetune`, for applications that already run an event loop."""
         if train_queries is None:
             train_queries = await self.agenerate_queries()
-        pairs = as_training_pairs(train_queries)
-        if not pairs:
-            msg = "train_queries is empty: NUDGE needs at least a few training queries"
-            raise ConfigError(msg)
+        pairs = JudgedQueries.from_any(train_queries, name="train_queries").to_pairs()
         pipe = self._resolve()
         pairs = await asyncio.to_thread(self._expand_ids, pairs, pipe)
         if self.check_model:
@@ -514,6 +447,11 @@ class NudgeEmbeddingFinetuner:
         if pipe.make_retriever is None:
             return self._adapter
         return pipe.make_retriever(k, **kwargs)
+
+    async def aembed_queries(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed ``texts`` with the pipeline's query-side call (what training queries and
+        :func:`~nudge_rag.evaluate` on a store with no framework use): ``(n, d)``."""
+        return np.asarray(await self._resolve().embed_queries(list(texts)))
 
     def revert(self) -> RevertReport:
         """Write the original vectors back wherever the store still holds one we wrote.
@@ -731,13 +669,3 @@ def _user() -> str:
         return str(os.getuid())
     except AttributeError:  # pragma: no cover - Windows
         return os.environ.get("USERNAME", "user")
-
-
-def _run_sync(coro: Any) -> Any:
-    """Run a coroutine from sync code, also inside a running loop (Jupyter)."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro)
-    with concurrent.futures.ThreadPoolExecutor(1) as ex:
-        return ex.submit(asyncio.run, coro).result()

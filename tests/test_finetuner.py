@@ -14,6 +14,7 @@ from nudge_rag import NudgeEmbeddingFinetuner
 from nudge_rag.errors import (
     AnswerError,
     ConfigError,
+    DatasetError,
     DimensionMismatchError,
     MetricError,
     UnsupportedStoreError,
@@ -178,9 +179,9 @@ def test_fixed_gamma_skips_validation(lc_store, tmp_path):
 
 def test_bad_inputs_raise_typed_errors(lc_store, tmp_path):
     ft = NudgeEmbeddingFinetuner(lc_store, state_dir=tmp_path / "st", gamma=0.1)
-    with pytest.raises(ConfigError, match="empty"):
+    with pytest.raises(DatasetError, match=r"train_queries: expected at least one query"):
         ft.finetune([])
-    with pytest.raises(ConfigError, match=r"\(query text, \[record id"):
+    with pytest.raises(DatasetError, match=r"train_queries\[0\]: expected a \(query text, relevant ids"):
         ft.finetune([("only text",)])
     with pytest.raises(AnswerError, match="not in the langchain-inmemory store"):
         ft.finetune([("q about topic1", ["no-such-id"])])

@@ -289,6 +289,28 @@ def test_finetuner_is_evaluated_through_its_own_retriever(tmp_path) -> None:
     assert res.retrieved == ref.retrieved and all(len(r) == 4 for r in res.retrieved)
 
 
+
+def test_finetuner_over_a_store_without_framework_embeds_through_its_public_method(
+    tmp_path,
+) -> None:
+    """A store with no framework gives a bare adapter as its retriever: evaluate searches it
+    with the queries embedded by the finetuner's aembed_queries (no private call)."""
+    pytest.importorskip("langchain_core")
+    from langchain_core.vectorstores import InMemoryVectorStore
+
+    from nudge_rag import NudgeEmbeddingFinetuner
+    from nudge_rag.stores import adapter_for
+
+    docs = corpus()
+    emb = BagOfWordsEmbedder(dim=256)
+    store = InMemoryVectorStore.from_texts(list(docs.values()), emb.as_langchain(), ids=list(docs))
+    ft = NudgeEmbeddingFinetuner(adapter_for(store), embed_model=emb, state_dir=tmp_path / "st")
+    assert ft.retriever(4) is ft._adapter
+    res = evaluate(ft, qa_dataset(), k=4)
+    ref = evaluate(store.as_retriever(search_kwargs={"k": 4}), qa_dataset(), k=4)
+    assert res.retrieved == ref.retrieved
+
+
 # ------------------------------------------------------------------ empty retrievals
 
 
