@@ -961,7 +961,7 @@ class NudgeN(_Nudge):
         >>> docs = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1]], np.float32)
         >>> train = QuerySet(np.array([[0, 1, 0.2]], np.float32), [[2]])
         >>> res = NudgeN(gamma=0.5).fit(docs, train)
-        >>> res.moved.tolist(), np.round(res.embeddings[2], 3).tolist()
+        >>> res.moved.tolist(), np.round(res.embeddings[2].astype(float), 3).tolist()
         ([2], [0.0, 0.661, 0.75])
 
     Args:

@@ -74,12 +74,13 @@ class QueryCache:
         config: The configuration hash of this run (:func:`config_hash`).
 
     Example:
-        >>> cache = QueryCache("/tmp/q.jsonl", config="abc")
+        >>> cache = QueryCache("queries.jsonl", config="abc")
         >>> cache.put("c1", "some chunk text", ["What is it?"])
         >>> cache.get("c1", "some chunk text")
         ['What is it?']
         >>> cache.get("c1", "changed text") is None
         True
+        >>> cache.close()
     """
 
     def __init__(self, path: str | os.PathLike[str], config: str) -> None:
