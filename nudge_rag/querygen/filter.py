@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from nudge_rag._util import check_positive_int
 from nudge_rag.errors import ConfigError, ShapeError
 
 __all__ = ["RoundTrip", "RoundTripReport", "round_trip_ranks"]
@@ -47,9 +48,7 @@ class RoundTrip:
         if self.mode not in ("filter", "report"):
             msg = f"round_trip mode must be 'filter' or 'report'; received {self.mode!r}"
             raise ConfigError(msg)
-        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 1:
-            msg = f"round_trip top_k must be an int >= 1; received {self.top_k!r}"
-            raise ConfigError(msg)
+        check_positive_int(self.top_k, "round_trip top_k")
         if self.embed_queries is None and not hasattr(self.embedder, "embed_queries"):
             msg = (
                 "round_trip needs embedder= (with embed_queries / embed_documents) or "

@@ -51,6 +51,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from nudge_rag._util import check_positive_int
 from nudge_rag.errors import ConfigError
 
 __all__ = ["OfflineGenerator", "OfflineStrategy"]
@@ -329,9 +330,7 @@ class OfflineGenerator:
         if self.strategy not in _STRATEGIES:
             msg = f"strategy must be one of {_STRATEGIES}; received {self.strategy!r}"
             raise ConfigError(msg)
-        if self.keywords < 1:
-            msg = f"keywords must be >= 1; received {self.keywords}"
-            raise ConfigError(msg)
+        check_positive_int(self.keywords, "keywords")
         if self.max_words < 3:
             msg = f"max_words must be >= 3; received {self.max_words}"
             raise ConfigError(msg)
@@ -365,9 +364,7 @@ class OfflineGenerator:
             only: Generate for these chunk ids only (a sample), still with statistics from all.
             df: Precomputed :meth:`document_frequencies` of ``chunks``.
         """
-        if n < 1:
-            msg = f"queries_per_chunk must be >= 1; received {n}"
-            raise ConfigError(msg)
+        check_positive_int(n, "queries_per_chunk")
         counts, n_docs = df if df is not None else self.document_frequencies(list(chunks.values()))
         ids = list(chunks) if only is None else list(only)
         return {cid: self.for_chunk(chunks[cid], n, counts, n_docs, cid) for cid in ids}
