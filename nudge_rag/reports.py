@@ -43,6 +43,8 @@ class FinetuneReport:
         deleted_ids: Records a previous fine-tune wrote that are no longer in the store.
         restored_ids: Records a previous fine-tune moved that this one does not move: their
             originals were written back.
+        n_written: Records whose vector was sent to the store (moved ones that did not
+            already hold their new vector, and restored ones).
         unmoved: How the best scores of the records that do not move were found: ``"scan"``
             (every vector read once, page by page), ``"search"`` (the store's own top-k search,
             only the fitted records read), ``"none"`` (γ fixed: no validation).
@@ -67,6 +69,7 @@ class FinetuneReport:
     deleted_ids: list[str] = field(default_factory=list)
     restored_ids: list[str] = field(default_factory=list)
     unmoved: str = "scan"
+    n_written: int = 0
 
     def __repr__(self) -> str:
         return (
@@ -133,6 +136,7 @@ class FinetuneReport:
             "deleted_ids": list(self.deleted_ids),
             "restored_ids": list(self.restored_ids),
             "unmoved": self.unmoved,
+            "n_written": self.n_written,
             "validation": {
                 "before": self.before._asdict() if self.before is not None else None,
                 "after": self.after._asdict() if self.after is not None else None,

@@ -80,6 +80,7 @@ class StoreSession:
     show_progress: bool = False
     persist: Callable[[], None] | None = None
     claimed: bool = field(default=False, init=False)
+    n_written: int = field(default=0, init=False)  # records the last write() sent to the store
 
     def load_state(self) -> FinetuneState | None:
         """The state in force for this store (StateError if it belongs to another store)."""
@@ -358,8 +359,21 @@ class StoreSession:
                 **info,
             },
         )
+        # Records that already hold their target (an update that moves them the same way) are
+        # journaled but not written again.
+        held = np.array([rid in read.held for rid in ids], dtype=bool)
+        same = np.zeros(len(ids), dtype=bool)
+        if held.any():
+            cur = np.stack([read.held[rid] for rid, h in zip(ids, held, strict=True) if h])
+            same[held] = vectors_match(cur, targets[held], tol=self.tolerance())
+        write = ~same
+        self.n_written = int(write.sum())
         try:
-            self.adapter.write_vectors(ids, targets, batch_size=self.write_batch_size)
+            self.adapter.write_vectors(
+                [rid for rid, w in zip(ids, write, strict=True) if w],
+                targets[write],
+                batch_size=self.write_batch_size,
+            )
             if self.persist is not None:
                 self.persist()
         except Exception as exc:

@@ -15,7 +15,7 @@ from nudge_rag.integrations.base import (
     model_name,
 )
 
-__all__ = ["as_langchain_embeddings", "pipeline", "query_embedder"]
+__all__ = ["as_langchain_embeddings", "feedback_handler", "pipeline", "query_embedder"]
 
 
 def _is_embeddings(model: Any) -> bool:
@@ -82,3 +82,53 @@ def _embeddings_class() -> type:
             return [float(x) for x in self.inner.embed_queries([text])[0]]
 
     return NudgeRagEmbeddings
+
+
+def feedback_handler(record: Any, *, source: str = "langchain", id_key: str = "_id") -> Any:
+    """A LangChain callback handler that logs every retrieval (query and the ids shown).
+
+    Pass it in a chain's or retriever's ``config={"callbacks": [handler]}``; each retrieval is
+    logged through ``record(query, [], shown=ids, source=source)`` (the finetuner's
+    :meth:`~nudge_rag.NudgeEmbeddingFinetuner.record`): impressions, which a later confirmation
+    (``ft.record(query, cited_ids)``) turns into training data.
+
+    Args:
+        record: Called as ``record(query, ids, shown=..., source=...)``.
+        source: The label logged with each retrieval.
+        id_key: Metadata key of the id for stores whose documents carry none (Qdrant: ``_id``).
+    """
+    require("langchain_core", "langchain")
+    return _handler_class()(record, source, id_key)
+
+
+@functools.cache
+def _handler_class() -> type:
+    from langchain_core.callbacks import BaseCallbackHandler
+
+    class NudgeFeedbackHandler(BaseCallbackHandler):
+        """Logs each retrieval's query and the ids of the documents it returned."""
+
+        def __init__(self, record: Any, source: str, id_key: str) -> None:
+            self._record = record
+            self._source = source
+            self._id_key = id_key
+            self._queries: dict[Any, str] = {}
+
+        def on_retriever_start(
+            self, serialized: Any, query: str, *, run_id: Any, **kwargs: Any
+        ) -> None:
+            self._queries[run_id] = query
+
+        def on_retriever_end(self, documents: Any, *, run_id: Any, **kwargs: Any) -> None:
+            query = self._queries.pop(run_id, None)
+            ids = [
+                str(d.id if getattr(d, "id", None) is not None else d.metadata.get(self._id_key))
+                for d in documents
+            ]
+            if query and query.strip() and ids:
+                self._record(query, [], shown=ids, source=self._source)
+
+        def on_retriever_error(self, error: BaseException, *, run_id: Any, **kwargs: Any) -> None:
+            self._queries.pop(run_id, None)
+
+    return NudgeFeedbackHandler

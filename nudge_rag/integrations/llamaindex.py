@@ -49,6 +49,7 @@ __all__ = [
     "RetrieverEvaluatorResult",
     "allamaindex_retriever_evaluator",
     "as_llamaindex_embedding",
+    "feedback_handler",
     "ids_retriever",
     "llamaindex_retriever_evaluator",
     "pipeline",
@@ -365,3 +366,55 @@ def _frozen_array(values: Any) -> np.ndarray:
     arr = np.asarray(list(values), dtype=np.float64)
     arr.setflags(write=False)
     return arr
+
+
+def feedback_handler(record: Any, *, source: str = "llamaindex", attach: bool = True) -> Any:
+    """A LlamaIndex instrumentation event handler that logs every retrieval (query, node ids).
+
+    Each ``RetrievalEndEvent`` is logged through ``record(query, [], shown=ids, source=source)``
+    (the finetuner's :meth:`~nudge_rag.NudgeEmbeddingFinetuner.record`): impressions, which a
+    later confirmation (``ft.record(query, cited_node_ids)``) turns into training data.
+
+    Args:
+        record: Called as ``record(query, ids, shown=..., source=...)``.
+        source: The label logged with each retrieval.
+        attach: Add the handler to LlamaIndex's root dispatcher (every retriever reports to it);
+            remove it with ``get_dispatcher().event_handlers.remove(handler)``.
+    """
+    require("llama_index.core", "llamaindex")
+    handler = _event_handler_class()()
+    handler._record = record
+    handler._source = source
+    if attach:
+        from llama_index.core.instrumentation import get_dispatcher
+
+        get_dispatcher().add_event_handler(handler)
+    return handler
+
+
+@functools.cache
+def _event_handler_class() -> type:
+    from llama_index.core.bridge.pydantic import PrivateAttr
+    from llama_index.core.instrumentation.event_handlers import BaseEventHandler
+    from llama_index.core.instrumentation.events.retrieval import RetrievalEndEvent
+
+    class NudgeFeedbackEventHandler(BaseEventHandler):
+        """Logs each retrieval's query and the ids of the nodes it returned."""
+
+        _record: Any = PrivateAttr(default=None)
+        _source: str = PrivateAttr(default="llamaindex")
+
+        @classmethod
+        def class_name(cls) -> str:
+            return "NudgeFeedbackEventHandler"
+
+        def handle(self, event: Any, **kwargs: Any) -> None:
+            if not isinstance(event, RetrievalEndEvent) or self._record is None:
+                return
+            q = event.str_or_query_bundle
+            text = q if isinstance(q, str) else getattr(q, "query_str", "")
+            ids = [str(n.node.node_id) for n in event.nodes or []]
+            if text and text.strip() and ids:
+                self._record(text, [], shown=ids, source=self._source)
+
+    return NudgeFeedbackEventHandler
