@@ -44,7 +44,7 @@ from nudge_rag.evaluation.results import EvaluationResult, frozen
 from nudge_rag.integrations.retrievers import resolve_retriever
 from nudge_rag.judged import JudgedQueries
 
-__all__ = ["aevaluate", "evaluate"]
+__all__ = ["aevaluate", "evaluate", "score"]
 
 logger = logging.getLogger(__name__)
 
