@@ -38,12 +38,12 @@ from nudge_rag.errors import (
     ConfigError,
     DimensionMismatchError,
     MetricError,
-    QueryGenerationError,
 )
 from nudge_rag.evaluation.metrics import MetricMeans, ranking_metrics
-from nudge_rag.feedback import FeedbackEntry, FeedbackLog
+from nudge_rag.feedback import FeedbackLog
 from nudge_rag.integrations import Pipeline, resolve_pipeline
 from nudge_rag.judged import JudgedQueries, TrainingPairs, as_training_pairs
+from nudge_rag.learning import LearnsFromUse
 from nudge_rag.reports import FinetuneReport, RevertReport
 from nudge_rag.session import REPORT_K, StoreSession
 from nudge_rag.state import (
@@ -71,7 +71,7 @@ AUTO_SEARCH_RECORDS = 50_000
 # The finetuner
 # ---------------------------------------------------------------------------------------------
 @dataclass
-class NudgeEmbeddingFinetuner:
+class NudgeEmbeddingFinetuner(LearnsFromUse):
     """Fine-tune the embeddings stored in an existing index or vector store, in place.
 
     Example:
@@ -387,6 +387,7 @@ class NudgeEmbeddingFinetuner:
         result (a :class:`~nudge_rag.querygen.GeneratedDataset`) is kept in :attr:`generated`.
         """
         from nudge_rag.querygen import agenerate_queries
+        from nudge_rag.querygen.filter import check_generated
         from nudge_rag.querygen.generate import sample_chunks
 
         def read() -> dict[str, str]:
@@ -432,7 +433,7 @@ class NudgeEmbeddingFinetuner:
             cache_path=None if cache is None else str(cache),
             show_progress=self.show_progress,
         )
-        _check_generated(self.generated, len(chunks))
+        check_generated(self.generated, len(chunks))
         return self.generated
 
     def retriever(self, similarity_top_k: int | None = None, **kwargs: Any) -> Any:
@@ -466,98 +467,6 @@ class NudgeEmbeddingFinetuner:
         cut short, and after a revert that was; reverting twice is harmless.
         """
         return self._session().revert(self.lock_timeout)
-
-    # ------------------------------------------------------------------ learning from use
-    @property
-    def feedback(self) -> FeedbackLog:
-        """The store's feedback log (``feedback.jsonl`` in its state folder): what users
-        confirmed for which query, durable across restarts, bounded and de-duplicated."""
-        if self._feedback is None:
-            self._feedback = FeedbackLog(self.state_path / "feedback.jsonl")
-        return self._feedback
-
-    def record(
-        self,
-        query: str,
-        ids: Sequence[str] | Mapping[str, float],
-        *,
-        grade: float = 1.0,
-        source: str = "app",
-        shown: Sequence[str] = (),
-    ) -> FeedbackEntry:
-        """Log that ``ids`` answer ``query`` (cited in the answer, clicked, thumbs-up).
-
-        Args:
-            query: The user's query, as asked.
-            ids: The record ids the user confirmed (or ``{id: grade}``).
-            grade: Grade of ids given as a list (graded relevance: 2 = very relevant).
-            source: A label of where the feedback came from.
-            shown: The ids the retriever showed, when known (those not confirmed count as
-                impressions the user saw and passed over).
-
-        Returns:
-            The log entry (repeated confirmations of the same query and ids collapse into one).
-        """
-        return self.feedback.record(query, ids, grade=grade, source=source, shown=shown)
-
-    def feedback_handler(self, *, source: str | None = None) -> Any:
-        """A handler that logs every retrieval of this store's pipeline (query + ids shown).
-
-        LangChain: a callback handler; pass it in ``config={"callbacks": [handler]}`` of the
-        chain or retriever. LlamaIndex: an instrumentation event handler, already attached to
-        the root dispatcher (every retriever and query engine reports to it). Confirmations
-        (``ft.record(query, cited_ids)``) then turn what users saw into training data.
-        """
-        fw = self._resolve().framework
-        if fw == "langchain":
-            from nudge_rag.integrations.langchain import feedback_handler
-
-            return feedback_handler(self.record, source=source or "langchain")
-        if fw == "llamaindex":
-            from nudge_rag.integrations.llamaindex import feedback_handler as li_handler
-
-            return li_handler(self.record, source=source or "llamaindex")
-        msg = f"the {self._adapter.name} store has no framework whose retrievals can be captured"
-        raise ConfigError(msg)
-
-    def import_feedback(self, data: Any, *, source: str = "import") -> int:
-        """Log many confirmations at once: anything :class:`~nudge_rag.JudgedQueries` reads
-        (``[(query, [id, ...])]``, a LlamaIndex QA dataset or its JSON, ...). Returns how many."""
-        judged = JudgedQueries.from_any(data, name="feedback")
-        n = 0
-        for text, grades in judged.to_pairs():
-            self.feedback.record(text, grades, source=source)
-            n += 1
-        return n
-
-    def update(
-        self,
-        *,
-        min_grade: float = 0.0,
-        similarity_top_k: int | None = None,
-        retriever_kwargs: Mapping[str, Any] | None = None,
-    ) -> Any:
-        """Fine-tune again on everything the feedback log holds, from the original vectors.
-
-        γ is chosen again on held-out feedback, and only records whose vector changes are
-        written. Safe to run on a schedule (one run per store at a time: see ``lock_timeout``).
-
-        Returns:
-            The framework's retriever, as :meth:`finetune` does.
-
-        Raises:
-            ConfigError: The log holds no confirmation yet.
-        """
-        pairs = self.feedback.training_pairs(min_grade=min_grade)
-        if not pairs:
-            msg = (
-                f"the feedback log {self.feedback.path} holds no confirmed record yet: log some "
-                "with record(), a retrieval handler, or import_feedback()"
-            )
-            raise ConfigError(msg)
-        return self.finetune(
-            pairs, similarity_top_k=similarity_top_k, retriever_kwargs=retriever_kwargs
-        )
 
     # ------------------------------------------------------------------ identity and state
     @property
@@ -726,37 +635,6 @@ def _report_metrics(s_unit: np.ndarray, val: QuerySet, unmoved: BestUnmovedScore
     order = np.argsort(-allscores, axis=1, kind="stable")[:, :REPORT_K]
     ranked = np.where(order >= const.shape[1], order - const.shape[1], -1).astype(np.int64)
     return ranking_metrics(ranked, val.indptr, val.rows, val.gains, REPORT_K).mean()
-
-
-def _check_generated(ds: Any, n_chunks: int) -> None:
-    """Refuse generated questions that a broken or echoing LLM wrote: the same question for many
-    chunks (questions must be about their chunk), or nothing at all."""
-    queries: Mapping[str, str] = getattr(ds, "queries", {}) or {}
-    rel: Mapping[str, Any] = getattr(ds, "relevant_docs", {}) or {}
-    if not queries:
-        stats = getattr(ds, "stats", None)
-        msg = (
-            f"query generation gave no question for the {n_chunks} chunks"
-            + (f" ({stats})" if stats is not None else "")
-            + ": check the LLM (its answers, its credentials); nothing was written"
-        )
-        raise QueryGenerationError(msg, chunk_id="")
-    chunks_of: dict[str, set[str]] = {}
-    for qid, text in queries.items():
-        key = " ".join(str(text).lower().split())
-        chunks_of.setdefault(key, set()).update(str(c) for c in rel.get(qid, []))
-    shared = {k: v for k, v in chunks_of.items() if len(v) > 1}
-    n_shared = sum(len(v) for v in shared.values())
-    n_chunks_with = len({c for v in chunks_of.values() for c in v})
-    if shared and n_shared > max(2, n_chunks_with // 4):
-        example = max(shared, key=lambda k: len(shared[k]))
-        msg = (
-            f"the LLM wrote the same question for several chunks ({len(shared)} question(s) "
-            f"shared by {n_shared} chunk answers, e.g. {example[:80]!r} for {len(shared[example])} "
-            "chunks): is it echoing the prompt or broken? Questions must be about their own "
-            "chunk; nothing was written"
-        )
-        raise QueryGenerationError(msg, chunk_id=sorted(shared[example])[0])
 
 
 def _user() -> str:

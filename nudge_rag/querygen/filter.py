@@ -9,16 +9,16 @@ results?") or answered better elsewhere; they would pull the chunk in a useless 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 
 from nudge_rag._util import check_positive_int
-from nudge_rag.errors import ConfigError, ShapeError
+from nudge_rag.errors import ConfigError, QueryGenerationError, ShapeError
 
-__all__ = ["RoundTrip", "RoundTripReport", "round_trip_ranks"]
+__all__ = ["RoundTrip", "RoundTripReport", "check_generated", "round_trip_ranks"]
 
 logger = logging.getLogger(__name__)
 
@@ -117,3 +117,34 @@ def round_trip_ranks(
         own = scores[np.arange(scores.shape[0]), rows[s : s + batch]]
         out[s : s + batch] = (scores >= own[:, None]).sum(axis=1) - 1
     return out
+
+
+def check_generated(ds: Any, n_chunks: int) -> None:
+    """Refuse generated questions that a broken or echoing LLM wrote: the same question for many
+    chunks (questions must be about their chunk), or nothing at all."""
+    queries: Mapping[str, str] = getattr(ds, "queries", {}) or {}
+    rel: Mapping[str, Any] = getattr(ds, "relevant_docs", {}) or {}
+    if not queries:
+        stats = getattr(ds, "stats", None)
+        msg = (
+            f"query generation gave no question for the {n_chunks} chunks"
+            + (f" ({stats})" if stats is not None else "")
+            + ": check the LLM (its answers, its credentials); nothing was written"
+        )
+        raise QueryGenerationError(msg, chunk_id="")
+    chunks_of: dict[str, set[str]] = {}
+    for qid, text in queries.items():
+        key = " ".join(str(text).lower().split())
+        chunks_of.setdefault(key, set()).update(str(c) for c in rel.get(qid, []))
+    shared = {k: v for k, v in chunks_of.items() if len(v) > 1}
+    n_shared = sum(len(v) for v in shared.values())
+    n_chunks_with = len({c for v in chunks_of.values() for c in v})
+    if shared and n_shared > max(2, n_chunks_with // 4):
+        example = max(shared, key=lambda k: len(shared[k]))
+        msg = (
+            f"the LLM wrote the same question for several chunks ({len(shared)} question(s) "
+            f"shared by {n_shared} chunk answers, e.g. {example[:80]!r} for {len(shared[example])} "
+            "chunks): is it echoing the prompt or broken? Questions must be about their own "
+            "chunk; nothing was written"
+        )
+        raise QueryGenerationError(msg, chunk_id=sorted(shared[example])[0])
