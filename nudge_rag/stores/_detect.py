@@ -53,7 +53,12 @@ def _type_name(obj: Any) -> str:
 def _unsupported(obj: Any, inside: Any = None) -> UnsupportedStoreError:
     where = f" (the vector_store of the {_type_name(inside)} passed)" if inside is not None else ""
     listing = "; ".join(f"{k}: {v}" for k, v in _DESCRIPTIONS.items())
-    msg = f"no vector store adapter for {_type_name(obj)}{where}. Supported stores: {listing}"
+    msg = (
+        f"no vector store adapter for {_type_name(obj)}{where}. Supported stores: {listing}. "
+        "For another store, subclass nudge_rag.stores.VectorStoreAdapter (count, dim, "
+        "iter_pages, get, _missing, _write_batch, _search; README: 'Another store') and pass "
+        "an instance of it"
+    )
     return UnsupportedStoreError(msg)
 
 
