@@ -12,6 +12,7 @@ import pytest
 from nudge_rag import ValidationCurve
 from nudge_rag.errors import ConfigError, DependencyError
 from nudge_rag.evaluation import evaluate, plot_comparison
+from nudge_rag.evaluation.plot import comparison_figure
 
 pytest.importorskip("matplotlib")
 
@@ -87,3 +88,77 @@ def test_missing_matplotlib_gives_install_hint(tmp_path, monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(DependencyError, match=r"nudge-rag\[plot\]"):
         plot_comparison(before, after, path=tmp_path / "x.png")
+
+
+def close_results():
+    """Before hits 12 of 20 queries at rank 1 (every mean 0.6), after 14 (0.7): 2 wins."""
+    before = evaluate(lambda q: [q.replace("q", "d")] if int(q[1:]) < 12 else ["x"], DATA, k=10)
+    after = evaluate(lambda q: [q.replace("q", "d")] if int(q[1:]) < 14 else ["x"], DATA, k=10)
+    return before, after
+
+
+def rendered(tmp_path, *args, **kwargs):
+    """The figure plot_comparison saves, drawn (text extents known)."""
+    fig = comparison_figure(*args, **kwargs)
+    fig.savefig(tmp_path / "fig.png", format="png")
+    return fig, fig.canvas.get_renderer()
+
+
+def test_bars_are_zoomed_to_the_data_not_from_zero(tmp_path) -> None:
+    fig, _ = rendered(tmp_path, *close_results())
+    ax = fig.axes[0]
+    lo, hi = ax.get_ylim()
+    assert 0.3 < lo < 0.6 and 0.7 < hi <= 1.0
+    assert f"axis from {lo:.2f}" in ax.get_ylabel()  # the cut axis is said, not hidden
+    assert len(ax.collections) == 4  # the baseline dotted across each pair
+
+
+def test_deltas_and_wins_losses_ties_are_drawn(tmp_path) -> None:
+    fig, _ = rendered(tmp_path, *close_results())
+    ax = fig.axes[0]
+    texts = [t.get_text() for t in ax.texts]
+    assert texts.count("+10.0 points") == 4
+    assert "0.600" in texts and "0.700" in texts  # the value labels
+    ticks = [t.get_text() for t in ax.get_xticklabels()]
+    assert ticks[0] == "NDCG@10\n2 / 0 / 18" and all(t.endswith("2 / 0 / 18") for t in ticks)
+    assert "wins / losses / ties" in ax.get_xlabel()
+    before, after = close_results()  # a loss is labelled as one
+    texts = [t.get_text() for t in comparison_figure(after, before).axes[0].texts]
+    assert texts.count("-10.0 points") == 4
+    assert any(t.startswith("-") and t.endswith(" points") for t in texts)
+
+
+def test_legend_never_covers_labels(tmp_path) -> None:
+    for args in (close_results(), results()):
+        fig, renderer = rendered(tmp_path, *args, curve())
+        ax = fig.axes[0]
+        legend = ax.get_legend().get_window_extent(renderer)
+        labels = [*ax.texts, *ax.get_xticklabels(), ax.xaxis.label]
+        assert len(ax.texts) == 12  # 8 value labels, 4 deltas
+        for text in labels:
+            assert not legend.overlaps(text.get_window_extent(renderer)), text.get_text()
+        bars = ax.get_window_extent(renderer)
+        assert legend.y1 <= bars.y0  # below the axes
+
+
+def test_gamma_panel_names_the_curves_objective(tmp_path) -> None:
+    before, after = results()
+    fig, _ = rendered(tmp_path, before, after, curve(), gamma=0.3)
+    assert "top1" in fig.axes[1].get_ylabel() and "top-1 accuracy" in fig.axes[1].get_ylabel()
+    assert any(t.get_text().startswith("chosen γ = 0.3") for t in fig.axes[1].texts)
+    ndcg = ValidationCurve(gammas=np.array([0.0, 0.1, 1.0]), scores=np.array([0.5, 0.6, 0.55]),
+                           objective="ndcg@10", n_queries=7)  # fmt: skip
+    fig, _ = rendered(tmp_path, before, after, ndcg)
+    assert "NDCG@10" in fig.axes[1].get_ylabel() and "top-1" not in fig.axes[1].get_ylabel()
+    assert "ndcg@10" in fig.axes[1].get_title()
+    assert any(t.get_text().startswith("chosen γ = 0.1") for t in fig.axes[1].texts)  # the best
+
+
+def test_a_missing_curve_is_said_in_the_gamma_panel(tmp_path) -> None:
+    before, after = results()
+    note = "γ = 0.5 was fixed: no validation curve"
+    fig, _ = rendered(
+        tmp_path, before, after, SimpleNamespace(curve=None, gamma=0.5), curve_note=note
+    )
+    assert len(fig.axes) == 2 and note in fig.axes[1].get_title(loc="left").replace("\n", " ")
+    assert len(comparison_figure(before, after).axes) == 1  # the library's default: bars only
