@@ -43,7 +43,8 @@ def _write_json(path: str | Path, data: Any) -> None:
 
 
 def _open(args: argparse.Namespace, mode: sources.Mode = "build") -> sources.Source:
-    return sources.open_source(args.source, store=args.store, collection=args.collection,
+    return sources.open_source(args.source, store=args.store, collection=args.collection,  # --embed-model: checked first
+                               embed_model=sources.embedder_from(args.embed_model, not args.quiet),
                                chunk_size=args.chunk_size, show_progress=not args.quiet, mode=mode)  # fmt: skip
 
 
@@ -55,8 +56,9 @@ def _cmd_finetune_beir(args: argparse.Namespace, folder: Path) -> int:
         msg = f"{', '.join(not_here)} do(es) not apply to a BEIR folder, which is fine-tuned with the paper's protocol on its own judged queries"
         raise ConfigError(msg)
     methods = ["nudge-n", "nudge-m"] if args.method in (None, "both") else [args.method]
-    print(f"Fine-tuning {folder} with the local all-MiniLM-L6-v2 (offline; embeddings cached).")
-    run = sources.finetune_beir(folder, methods, objective=args.objective, show_progress=not args.quiet)  # fmt: skip
+    model = sources.embedder_from(args.embed_model, not args.quiet)
+    print(f"Fine-tuning {folder} with {args.embed_model if model else 'the local all-MiniLM-L6-v2'} (offline; embeddings cached).")  # fmt: skip
+    run = sources.finetune_beir(folder, methods, objective=args.objective, embed_model=model, show_progress=not args.quiet)  # fmt: skip
     print(run.summary())
     if args.out:
         out = Path(args.out)
@@ -130,10 +132,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if args.compare_to:
         cmp = src.compare(dataset, args.k, Path(args.compare_to), split=args.split)
         print(f", before = originals in {args.compare_to}\n{cmp.table()}")
-        if args.plot:
-            from nudge_rag.evaluation import plot_comparison
-
-            print(f"plot written to {plot_comparison(cmp.before, cmp.after, None, args.plot)}")
+        if args.plot:  # the γ panel: the state's validation curve, or why it has none
+            print(f"plot written to {sources.plot_compared(cmp, args.plot, args.compare_to)}")
         result = cmp.to_dict()
     else:
         res = src.evaluate(dataset, args.k, split=args.split)
@@ -194,7 +194,9 @@ SOURCE is any of:
   Chroma directory     a folder with chroma.sqlite3 (PersistentClient), --collection NAME
 
 Everything runs offline with the local all-MiniLM-L6-v2 model (embeddings cached in
-~/.cache/nudge_rag, or $NUDGE_RAG_CACHE). Fine-tuning state is kept beside the store
+~/.cache/nudge_rag, or $NUDGE_RAG_CACHE); a store built with another model (bge-small, e5-small)
+needs --embed-model PATH_OR_ID (its sentence-transformers folder, or its id in the local Hugging
+Face cache): finetune refuses a model whose vectors do not match the stored ones. Fine-tuning state is kept beside the store
 (<store>/nudge_state/...), for `nudge-rag revert`.
 
 examples:
@@ -282,6 +284,7 @@ def _store_options(sp: argparse.ArgumentParser) -> None:
     g.add_argument("--collection", metavar="NAME", help="Chroma collection (default: the only one; documents: the folder's name), or LlamaIndex index id")
     g.add_argument("--chunk-size", type=_positive_int, default=sources.DEFAULT_CHUNK_CHARS, metavar="CHARS",
                    help=f"documents SOURCE: maximum chunk length in characters (default {sources.DEFAULT_CHUNK_CHARS})")
+    g.add_argument("--embed-model", metavar="PATH_OR_ID", help="the sentence-transformers model (folder, or id in the local Hugging Face cache) that built the store; default: the shipped all-MiniLM-L6-v2")
     sp.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -355,8 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``nudge-rag`` with ``argv`` (default: the command line); return the exit code."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        os.environ.setdefault(var, "1")
     ap = build_parser()
     try:
         args = ap.parse_args(argv)

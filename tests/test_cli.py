@@ -794,3 +794,128 @@ def test_subprocess_real_model_beir_paper_protocol(tmp_path: Path) -> None:
     assert "no fine-tuning" in r.stdout and "nudge-n: test NDCG@10" in r.stdout
     rows = json.loads((tmp_path / "out" / "report.json").read_text())
     assert [r["name"] for r in rows] == ["no fine-tuning", "nudge-n", "nudge-m"]
+
+
+# -- --embed-model (issue 12) ------------------------------------------------------------------
+class RotatedEmbedder(FakeEmbedder):
+    """Another model of the same width: the bag-of-words vectors turned by a fixed rotation."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.turn = np.linalg.qr(np.random.default_rng(7).normal(size=(64, 64)))[0]
+
+    def embed_documents(self, texts: list[str]) -> np.ndarray:
+        return super().embed_documents(texts) @ self.turn
+
+    def embed_queries(self, texts: list[str]) -> np.ndarray:
+        return super().embed_queries(texts) @ self.turn
+
+
+@pytest.fixture
+def model_dirs(work: Path, monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """Two sentence-transformers-shaped folders: same_model/ (loaded as the bag-of-words model
+    the stores are built with) and other_model/ (a rotated one); LocalEmbedder is replaced by a
+    stand-in that records the folders it was given (the list returned)."""
+    loaded: list[Path] = []
+    for name in ("same_model", "other_model"):
+        (work / name).mkdir()
+        (work / name / "modules.json").write_text("[]", encoding="utf-8")
+
+    def local_embedder(model_path: Path, show_progress: bool = False) -> FakeEmbedder:
+        loaded.append(Path(model_path).resolve())
+        return RotatedEmbedder() if Path(model_path).name == "other_model" else FakeEmbedder()
+
+    import nudge_rag.embedding
+
+    monkeypatch.setattr(nudge_rag.embedding, "LocalEmbedder", local_embedder)
+    return loaded
+
+
+def test_embed_model_of_another_store_is_refused_before_any_write(
+    work: Path, fake_model: None, model_dirs: list[Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = make_chroma(work / "chroma_dir", 64)  # built with the bag-of-words model
+    code, _, err = run(
+        capsys, "finetune", "chroma_dir", "--embed-model", "other_model", "--gamma", "0.3", "--quiet"
+    )  # fmt: skip
+    assert_clean_error(code, err, "does not look like the model that built", "median cosine")
+    assert model_dirs == [work.resolve() / "other_model"]
+    assert same_vectors(chroma_vectors(work / "chroma_dir"), before)
+    assert not (work / "chroma_dir" / "nudge_state" / "notes" / "manifest.json").exists()
+
+
+def test_embed_model_of_a_llamaindex_index_is_refused_before_any_write(
+    work: Path, fake_model: None, model_dirs: list[Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("llama_index.core")
+    original = make_llamaindex(work, "storage")
+    vs_file = work / "storage" / "default__vector_store.json"
+    code, _, err = run(capsys, "finetune", "storage", "--embed-model", "other_model", "--quiet")
+    assert_clean_error(code, err, "does not look like the model that built")
+    assert json.loads(vs_file.read_text())["embedding_dict"] == original
+    assert not (work / "storage" / "nudge_state").exists()
+
+
+def test_embed_model_is_used_by_finetune_evaluate_and_revert(
+    work: Path,
+    model_dirs: list[Path],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def no_default(show_progress: bool = False) -> Any:
+        raise AssertionError("the default model was used despite --embed-model")
+
+    monkeypatch.setattr(sources, "default_embedder", no_default)
+    before = make_chroma(work / "chroma_dir", 64)
+    code, _, err = run(capsys, "finetune", "chroma_dir", "--embed-model", "same_model", "--gamma", "0.3", "--quiet")  # fmt: skip
+    assert code == 0, err
+    assert not same_vectors(chroma_vectors(work / "chroma_dir"), before, atol=1e-6)
+    state = "chroma_dir/nudge_state/notes"
+    write_queries(work / "q.json", {"q": ("note 1 about rivers number1", ["n1"])}, {"n1": "x"})
+    code, _, err = run(
+        capsys, "evaluate", "chroma_dir", "--queries", "q.json", "--embed-model", "./same_model",
+        "--compare-to", state, "--plot", "cmp.png",
+    )  # fmt: skip
+    assert code == 0, err
+    assert (work / "cmp.png").stat().st_size > 0
+    code, _, err = run(capsys, "revert", "chroma_dir", "--embed-model", "same_model")
+    assert code == 0, err
+    assert same_vectors(chroma_vectors(work / "chroma_dir"), before, atol=1e-6)
+    assert model_dirs == [work.resolve() / "same_model"] * 3
+
+
+def test_bad_embed_model_is_refused_before_anything_is_built(
+    work: Path, fake_model: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run(capsys, "finetune", "docs", "--embed-model", "no_such_model", "--quiet")
+    assert_clean_error(code, err, "--embed-model 'no_such_model' is not a folder holding a sentence-transformers model")  # fmt: skip
+    assert not (work / "nudge_store").exists()
+    (work / "empty_model").mkdir()
+    code, _, err = run(capsys, "evaluate", "docs", "--queries", "docs/a.txt", "--embed-model", "empty_model")  # fmt: skip
+    assert_clean_error(code, err, "--embed-model 'empty_model'")
+    # the shipped model's id is the default model
+    assert sources.embedder_from("sentence-transformers/all-MiniLM-L6-v2") is None
+    assert sources.embedder_from("all-MiniLM-L6-v2") is None
+
+
+def test_help_documents_embed_model(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "--help")
+    assert code == 0 and "--embed-model PATH_OR_ID" in out and "bge-small" in out
+    for command in ("finetune", "evaluate", "revert", "generate-queries"):
+        code, out, _ = run(capsys, command, "--help")
+        assert code == 0 and "--embed-model PATH_OR_ID" in out, command
+
+
+def test_plot_gamma_panel_says_why_the_state_has_no_curve(
+    work: Path, fake_model: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run(
+        capsys, "finetune", "docs", "--gamma", "0.5", "--chunk-size", "90", "--quiet"
+    )
+    assert code == 0, err
+    curve, why = sources.state_curve(work / "nudge_store" / "nudge_state" / "docs")
+    assert curve is None and why == "γ = 0.5 was fixed: no validation curve"
+    code, _, err = run(capsys, "finetune", "docs", "--chunk-size", "90", "--quiet")  # γ chosen
+    assert code == 0, err
+    curve, why = sources.state_curve(work / "nudge_store" / "nudge_state" / "docs")
+    assert curve is None and why is not None and "chosen by top1 on" in why

@@ -22,7 +22,8 @@ clients are imported when a source of theirs is opened.
 
 ::
 
-    __init__.py    open_source / detect_kind (what a SOURCE is), the default embedder, finetune_beir
+    __init__.py    open_source / detect_kind (what a SOURCE is), the embedder (default or
+                   --embed-model), finetune_beir
     documents.py   .txt / .md files read and chunked; paths checked and quoted
     source.py      Source (chunks, generate_queries, evaluate, finetune, compare, revert), SourceRun
     chroma.py      Chroma directories: open a collection, build one from chunks
@@ -33,6 +34,7 @@ clients are imported when a source of theirs is opened.
 
 from __future__ import annotations
 
+import logging
 import os
 import shlex
 import sys
@@ -55,7 +57,9 @@ from nudge_rag.sources.documents import (
 )
 from nudge_rag.sources.llamaindex import load_index
 from nudge_rag.sources.llm import load_llm
-from nudge_rag.sources.source import PAGE, Kind, Mode, Source, SourceRun
+from nudge_rag.sources.source import PAGE, Kind, Mode, Source, SourceRun, plot_compared, state_curve
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_CHUNK_CHARS",
@@ -74,17 +78,22 @@ __all__ = [
     "default_data_folder",
     "default_embedder",
     "detect_kind",
+    "embedder_from",
     "finetune_beir",
     "input_file",
     "load_llm",
     "open_source",
+    "plot_compared",
     "read_documents",
     "shell_path",
+    "state_curve",
 ]
 
 #: The repository root (``benchmarks/`` and ``../shared/data`` are found from it).
 _REPO = Path(__file__).resolve().parents[2]
 DEFAULT_STORE = "nudge_store"
+#: The shipped model's id (``nudge_rag.embedding.DEFAULT_MODEL_ID``; numpy is not imported here).
+_DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
 SOURCE_KINDS = (
     "a BEIR folder (corpus.jsonl, queries.jsonl, qrels/*.tsv); a folder of .txt/.md documents; "
@@ -152,6 +161,37 @@ def default_embedder(show_progress: bool = False) -> Any:
     from nudge_rag.embedding import LocalEmbedder
 
     return LocalEmbedder(show_progress=show_progress)
+
+
+def embedder_from(spec: str | os.PathLike[str] | None, show_progress: bool = False) -> Any:
+    """The embedding model ``--embed-model`` names: None (no option, or the shipped model's id)
+    for :func:`default_embedder`, else a :class:`~nudge_rag.embedding.LocalEmbedder` of the
+    sentence-transformers folder ``spec`` (or of a Hugging Face id found in the local cache:
+    nothing is downloaded). The folder is checked now; the model is loaded when first used.
+
+    Raises:
+        ConfigError: ``spec`` is neither such a folder nor a cached model id.
+    """
+    if spec is None or str(spec) in (_DEFAULT_MODEL, _DEFAULT_MODEL.split("/")[1]):
+        return None
+    folder = Path(spec).expanduser()
+    if not folder.exists() and "/" in str(spec) and not str(spec).startswith((".", "/", "~")):
+        try:  # an id (org/name) of a model in the Hugging Face cache, offline
+            from huggingface_hub import snapshot_download
+
+            folder = Path(snapshot_download(str(spec), local_files_only=True))
+        except Exception as exc:
+            logger.debug("%s is not in the Hugging Face cache: %s", spec, exc)
+    if not any((folder / f).is_file() for f in ("modules.json", "config.json")):
+        msg = (
+            f"--embed-model {os.fspath(spec)!r} is not a folder holding a sentence-transformers "
+            "model (modules.json or config.json), nor the id of one in the local Hugging Face "
+            "cache; pass the folder of the model that built the store (nothing is downloaded)"
+        )
+        raise ConfigError(msg)
+    from nudge_rag.embedding import LocalEmbedder
+
+    return LocalEmbedder(model_path=folder, show_progress=show_progress)
 
 
 def _open_chroma(path: Path, collection: str | None, embedder: Any) -> Source:

@@ -25,7 +25,16 @@ if TYPE_CHECKING:
     from nudge_rag.finetuner import FinetuneReport, NudgeEmbeddingFinetuner, RevertReport
     from nudge_rag.stores import VectorStoreAdapter
 
-__all__ = ["PAGE", "Kind", "Mode", "Source", "SourceRun", "load_state"]
+__all__ = [
+    "PAGE",
+    "Kind",
+    "Mode",
+    "Source",
+    "SourceRun",
+    "load_state",
+    "plot_compared",
+    "state_curve",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -388,6 +397,53 @@ def load_state(state_dir: Path) -> Any:
         )
         raise StateError(msg)
     return state
+
+
+def state_curve(state_dir: str | os.PathLike[str]) -> tuple[Any, str | None]:
+    """What the γ panel of a plot can show for the fine-tune kept in ``state_dir``:
+    ``(report-like object with .curve and .gamma, None)`` when the state keeps the validation
+    curve, else ``(None, why there is none)``.
+
+    Raises:
+        StateError: ``state_dir`` holds no fine-tuning state.
+    """
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from nudge_rag.core import ValidationCurve
+
+    man = load_state(Path(state_dir)).manifest
+    gamma, objective, n_val = man.get("gamma"), man.get("objective", "?"), man.get("n_val") or 0
+    c = man.get("curve")
+    if isinstance(c, dict) and c.get("gammas"):
+        curve = ValidationCurve(
+            gammas=np.asarray(c["gammas"], dtype=np.float64),
+            scores=np.asarray(c["scores"], dtype=np.float64),
+            objective=str(c.get("objective", objective)),
+            n_queries=int(c.get("n_queries", n_val)),
+        )
+        return SimpleNamespace(curve=curve, gamma=gamma), None
+    if gamma is None:
+        return None, "the state records no γ and no validation curve"
+    if not n_val:
+        return None, f"γ = {gamma:.3g} was fixed: no validation curve"
+    return None, (
+        f"γ = {gamma:.3g} chosen by {objective} on {n_val} validation queries; the state keeps "
+        "no validation curve (finetune --out writes it in its report)"
+    )
+
+
+def plot_compared(
+    cmp: Comparison, path: str | os.PathLike[str], state_dir: str | os.PathLike[str]
+) -> Path:
+    """:func:`~nudge_rag.evaluation.plot_comparison` of ``cmp`` with the γ panel of the
+    fine-tune kept in ``state_dir`` (its validation curve, or a title saying why there is none).
+    """
+    from nudge_rag.evaluation import plot_comparison
+
+    curve, why = state_curve(state_dir)
+    return plot_comparison(cmp.before, cmp.after, curve, path, curve_note=why)
 
 
 @dataclass(frozen=True)
