@@ -347,6 +347,14 @@ class NudgeEmbeddingFinetuner(LearnsFromUse):
                     "n_val": res.n_val,
                     "refit": res.refit,
                     "model": self._pipeline.model_name if self._pipeline is not None else "",
+                    "curve": None
+                    if res.curve is None
+                    else {
+                        "gammas": np.asarray(res.curve.gammas).tolist(),
+                        "scores": np.asarray(res.curve.scores).tolist(),
+                        "objective": res.curve.objective,
+                        "n_queries": res.curve.n_queries,
+                    },
                 },
             )
             times["write"] = time.perf_counter() - t

@@ -906,7 +906,7 @@ def test_help_documents_embed_model(capsys: pytest.CaptureFixture[str]) -> None:
         assert code == 0 and "--embed-model PATH_OR_ID" in out, command
 
 
-def test_plot_gamma_panel_says_why_the_state_has_no_curve(
+def test_plot_gamma_panel_draws_the_state_curve_or_says_why_not(
     work: Path, fake_model: None, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code, _, err = run(
@@ -917,5 +917,7 @@ def test_plot_gamma_panel_says_why_the_state_has_no_curve(
     assert curve is None and why == "γ = 0.5 was fixed: no validation curve"
     code, _, err = run(capsys, "finetune", "docs", "--chunk-size", "90", "--quiet")  # γ chosen
     assert code == 0, err
-    curve, why = sources.state_curve(work / "nudge_store" / "nudge_state" / "docs")
-    assert curve is None and why is not None and "chosen by top1 on" in why
+    got, why = sources.state_curve(work / "nudge_store" / "nudge_state" / "docs")
+    # the state now keeps the validation curve of a chosen γ: the panel draws it
+    assert why is None and got is not None and got.curve.objective == "top1"
+    assert len(got.curve.gammas) == len(got.curve.scores) > 1
