@@ -12,7 +12,7 @@ import concurrent.futures
 import logging
 import numbers
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Sequence
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeGuard, TypeVar
 
 from nudge_rag.errors import ConfigError
 
@@ -38,7 +38,7 @@ Framework = Literal["llamaindex", "langchain"]
 # ---------------------------------------------------------------------------------------------
 # Option checks (typed errors, one wording: "<name>: expected ..., received ...")
 # ---------------------------------------------------------------------------------------------
-def _is_int(value: object) -> bool:
+def _is_int(value: object) -> TypeGuard[numbers.Integral]:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
@@ -53,18 +53,18 @@ def check_positive_int(value: object, name: str) -> int:
         ...
         nudge_rag.errors.ConfigError: k: expected an integer >= 1, received 0
     """
-    if not _is_int(value) or value < 1:  # type: ignore[operator]
+    if not _is_int(value) or value < 1:
         msg = f"{name}: expected an integer >= 1, received {value!r}"
         raise ConfigError(msg)
-    return int(value)  # type: ignore[call-overload]
+    return int(value)
 
 
 def check_non_negative_int(value: object, name: str) -> int:
     """``value`` as an ``int`` if it is an integer >= 0 (bools refused), else ConfigError."""
-    if not _is_int(value) or value < 0:  # type: ignore[operator]
+    if not _is_int(value) or value < 0:
         msg = f"{name}: expected an integer >= 0, received {value!r}"
         raise ConfigError(msg)
-    return int(value)  # type: ignore[call-overload]
+    return int(value)
 
 
 def check_non_negative(value: object, name: str) -> float:

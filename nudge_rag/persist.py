@@ -203,11 +203,8 @@ def _saver(store: Any) -> tuple[str, bool, Callable[[Path, str], None]]:
 
             file_stores += (FaissVectorStore,)  # FaissMapVectorStore subclasses it
         if isinstance(store, file_stores):
-            from llama_index.core.vector_stores.simple import (
-                DEFAULT_PERSIST_FNAME,
-                DEFAULT_VECTOR_STORE,
-                NAMESPACE_SEP,
-            )
+            from llama_index.core.vector_stores.simple import DEFAULT_VECTOR_STORE, NAMESPACE_SEP
+            from llama_index.core.vector_stores.types import DEFAULT_PERSIST_FNAME
 
             # what StorageContext.persist writes, and from_persist_dir(persist_dir) reads
             fname = f"{DEFAULT_VECTOR_STORE}{NAMESPACE_SEP}{DEFAULT_PERSIST_FNAME}"

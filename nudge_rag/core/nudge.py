@@ -234,7 +234,8 @@ def _score_candidates(method: str, cd: _Cands, gammas: np.ndarray) -> np.ndarray
     """Scores ``(len(gammas), nv, w)`` of the candidates at each γ (padding scores -inf)."""
     g = np.asarray(gammas, dtype=np.float64)[:, None, None]
     if method == "nudge-m":
-        return cd.a[None] + g * cd.c[None]
+        scores: np.ndarray = cd.a[None] + g * cd.c[None]
+        return scores
     alpha = 1.0 - g / 2.0
     beta = np.sqrt(np.maximum(g * (4.0 - g), 0.0)) / 2.0
     # Padding (a = -inf, cap = +inf) takes c = -inf below; at γ = 2 (alpha = 0) its
@@ -252,7 +253,8 @@ def _objective_values(
     ``(G, nv, wr)``), of the other candidates (``non_s``) and the constant scores."""
     if objective == "top1":
         best_non = np.maximum(non_s.max(axis=2), v.const[None, :, 0])
-        return (rel_s.max(axis=2) > best_non).astype(np.float64)
+        wins: np.ndarray = (rel_s.max(axis=2) > best_non).astype(np.float64)
+        return wins
     k = v.const.shape[1]
     G = rel_s.shape[0]
     # Constants first: a tie between a constant and a candidate goes to the constant (pessimistic).
@@ -436,7 +438,8 @@ class _GridEvaluator:
                 self.parts[r] = _RangeEvaluator(self.method, self.objective, self.v, self.cuts[r])
             sel = np.flatnonzero(which == r)
             out[sel] = self.parts[r].scores(gammas[sel])
-        return out / max(self.nv, 1)
+        mean: np.ndarray = out / max(self.nv, 1)
+        return mean
 
 
 # Above this many (validation queries × fitted records), the fit works in float32.

@@ -10,7 +10,7 @@ import uuid
 import weakref
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
@@ -56,7 +56,7 @@ class StorePage(NamedTuple):
     ids: list[str]
     embeddings: np.ndarray
     texts: list[str | None]
-    metadatas: list[dict]
+    metadatas: list[dict[str, Any]]
 
 
 class StoreIdentity(NamedTuple):
@@ -271,9 +271,7 @@ class VectorStoreAdapter(abc.ABC):
     def _search(self, query: np.ndarray, k: int) -> list[tuple[str, float]]:
         """Native k-NN on a checked query."""
 
-    def top_scores(
-        self, queries: np.ndarray, k: int, exclude: Sequence[str] = ()
-    ) -> np.ndarray:
+    def top_scores(self, queries: np.ndarray, k: int, exclude: Sequence[str] = ()) -> np.ndarray:
         """The best ``k`` scores of each query among the records not in ``exclude``.
 
         The store runs the search (where the data lives), excluding the records inside the query

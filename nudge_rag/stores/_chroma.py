@@ -142,7 +142,7 @@ class ChromaAdapter(VectorStoreAdapter):
         if not ids:
             return empty_page(self.dim() if self.count() else 0)
         wanted = list(dict.fromkeys(ids))
-        rows: dict[str, tuple[np.ndarray, str | None, dict]] = {}
+        rows: dict[str, tuple[np.ndarray, str | None, dict[str, Any]]] = {}
         for start in range(0, len(wanted), _ID_CHUNK):
             got = self._col.get(ids=wanted[start : start + _ID_CHUNK], include=self._include(True))
             page = self._to_page(got, True)

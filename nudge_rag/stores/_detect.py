@@ -149,7 +149,7 @@ def _llamaindex_faiss(vs: Any, index: Any) -> VectorStoreAdapter:
     docs = None
     if index is not None:
 
-        def docs(ids: list[str]) -> tuple[list[str | None], list[dict]]:
+        def docs(ids: list[str]) -> tuple[list[str | None], list[dict[str, Any]]]:
             return llamaindex_docstore_docs(index, ids)
 
     return FaissFlatAdapter(vs.client, label_ids, name="llamaindex-faiss", docs=docs)
@@ -202,9 +202,9 @@ def _langchain_faiss(vs: Any) -> VectorStoreAdapter:
         by_label = vs.index_to_docstore_id
         return [str(by_label[int(lab)]) for lab in labels]
 
-    def docs(ids: list[str]) -> tuple[list[str | None], list[dict]]:
+    def docs(ids: list[str]) -> tuple[list[str | None], list[dict[str, Any]]]:
         texts: list[str | None] = []
-        metas: list[dict] = []
+        metas: list[dict[str, Any]] = []
         for id_ in ids:
             doc = vs.docstore.search(id_)
             if isinstance(doc, str):  # the docstore's "ID not found" message

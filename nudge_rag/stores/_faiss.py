@@ -37,7 +37,7 @@ from nudge_rag.stores._base import (
 __all__ = ["FaissFlatAdapter"]
 
 LabelIds = Callable[[np.ndarray], list[str]]
-Docs = Callable[[list[str]], tuple[list[str | None], list[dict]]]
+Docs = Callable[[list[str]], tuple[list[str | None], list[dict[str, Any]]]]
 
 
 def _unwrap(index: Any, name: str) -> tuple[Any, Any, bool]:

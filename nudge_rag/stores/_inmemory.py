@@ -11,7 +11,7 @@ Both keep vectors exactly as written (Python floats), so writes read back bit fo
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -48,7 +48,7 @@ class _DictStoreAdapter(VectorStoreAdapter):
     def _has(self, id_: str) -> bool:
         raise NotImplementedError
 
-    def _docs(self, ids: list[str]) -> tuple[list[str | None], list[dict]]:
+    def _docs(self, ids: list[str]) -> tuple[list[str | None], list[dict[str, Any]]]:
         raise NotImplementedError
 
     def _page(self, ids: list[str], with_documents: bool) -> StorePage:
@@ -102,7 +102,8 @@ class LlamaIndexSimpleAdapter(_DictStoreAdapter):
 
     @property
     def _emb(self) -> dict[str, list[float]]:
-        return self._vs.data.embedding_dict
+        # the store's own dict (written in place by _write_batch), untyped by the framework
+        return cast("dict[str, list[float]]", self._vs.data.embedding_dict)
 
     def count(self) -> int:
         return len(self._emb)
@@ -125,7 +126,7 @@ class LlamaIndexSimpleAdapter(_DictStoreAdapter):
     def _has(self, id_: str) -> bool:
         return id_ in self._emb
 
-    def _docs(self, ids: list[str]) -> tuple[list[str | None], list[dict]]:
+    def _docs(self, ids: list[str]) -> tuple[list[str | None], list[dict[str, Any]]]:
         if self._index is None:
             meta = self._vs.data.metadata_dict
             return [None] * len(ids), [dict(meta.get(i) or {}) for i in ids]
@@ -147,13 +148,13 @@ class LlamaIndexSimpleAdapter(_DictStoreAdapter):
 
 def llamaindex_docstore_docs(
     index: Any, node_ids: list[str]
-) -> tuple[list[str | None], list[dict]]:
+) -> tuple[list[str | None], list[dict[str, Any]]]:
     """Text and metadata of nodes from a LlamaIndex index's docstore (None / {} if absent)."""
     from llama_index.core.schema import MetadataMode
 
     docstore = index.docstore
     texts: list[str | None] = []
-    metas: list[dict] = []
+    metas: list[dict[str, Any]] = []
     for node_id in node_ids:
         node = docstore.get_node(node_id, raise_error=False)
         if node is None:
@@ -178,7 +179,8 @@ class LangChainInMemoryAdapter(_DictStoreAdapter):
 
     @property
     def _store(self) -> dict[str, dict[str, Any]]:
-        return self._vs.store
+        # the store's own dict (written in place by _write_batch), untyped by the framework
+        return cast("dict[str, dict[str, Any]]", self._vs.store)
 
     def count(self) -> int:
         return len(self._store)
@@ -196,12 +198,12 @@ class LangChainInMemoryAdapter(_DictStoreAdapter):
         return list(self._store)
 
     def _vector(self, id_: str) -> list[float]:
-        return self._store[id_]["vector"]
+        return cast("list[float]", self._store[id_]["vector"])
 
     def _has(self, id_: str) -> bool:
         return id_ in self._store
 
-    def _docs(self, ids: list[str]) -> tuple[list[str | None], list[dict]]:
+    def _docs(self, ids: list[str]) -> tuple[list[str | None], list[dict[str, Any]]]:
         recs = [self._store[i] for i in ids]
         return [r.get("text") for r in recs], [dict(r.get("metadata") or {}) for r in recs]
 

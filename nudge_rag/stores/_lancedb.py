@@ -45,14 +45,14 @@ _ID_CHUNK = 1000
 _QUERY_BATCH = 64
 _REFINE = 2
 
-Docs = Callable[[dict], tuple[str | None, dict]]
+Docs = Callable[[dict[str, Any]], tuple[str | None, dict[str, Any]]]
 
 
 def lancedb_docs(text_col: str | None, metadata_col: str | None = "metadata") -> Docs:
     """Text and metadata of a row as the frameworks keep them: the text column, and the
     ``metadata`` struct as a dict."""
 
-    def docs(row: dict) -> tuple[str | None, dict]:
+    def docs(row: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
         text = row.get(text_col) if text_col else None
         meta = row.get(metadata_col) if metadata_col else None
         return (text if isinstance(text, str) else None), dict(meta or {})
@@ -197,7 +197,7 @@ class LanceDBAdapter(VectorStoreAdapter):
         if not with_documents:
             return StorePage(ids, emb, [None] * len(ids), [{} for _ in ids])
         texts: list[str | None] = []
-        metas: list[dict] = []
+        metas: list[dict[str, Any]] = []
         docs_cols = {c: rows.column(c).to_pylist() for c in self._doc_cols}
         for j in range(len(ids)):
             text, meta = self._docs({c: v[j] for c, v in docs_cols.items()})

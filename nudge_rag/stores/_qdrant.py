@@ -41,7 +41,7 @@ _DISTANCES: dict[str, Metric] = {"Cosine": "cosine", "Dot": "dot", "Euclid": "l2
 _ID_CHUNK = 1000
 _QUERY_BATCH = 64
 
-PayloadDocs = Callable[[dict], tuple[str | None, dict]]
+PayloadDocs = Callable[[dict[str, Any]], tuple[str | None, dict[str, Any]]]
 
 
 def llamaindex_payload_docs(text_key: str | None = "text") -> PayloadDocs:
@@ -52,7 +52,7 @@ def llamaindex_payload_docs(text_key: str | None = "text") -> PayloadDocs:
     the payload as stored.
     """
 
-    def docs(payload: dict) -> tuple[str | None, dict]:
+    def docs(payload: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
         text: str | None = None
         content = payload.get("_node_content")
         if isinstance(content, str):
@@ -78,7 +78,7 @@ def llamaindex_payload_docs(text_key: str | None = "text") -> PayloadDocs:
 def langchain_payload_docs(content_key: str, metadata_key: str) -> PayloadDocs:
     """Text and metadata of a LangChain document kept in a Qdrant payload."""
 
-    def docs(payload: dict) -> tuple[str | None, dict]:
+    def docs(payload: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
         text = payload.get(content_key)
         meta = payload.get(metadata_key) or {}
         return (text if isinstance(text, str) else None), dict(meta)
