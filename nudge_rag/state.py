@@ -288,11 +288,12 @@ class FinetuneState:
         """For journaled ``rows`` read back as ``current``: is each vector one we wrote or the
         original (True), rather than one the user set since (False)?"""
         rows = np.asarray(rows, dtype=np.int64)
-        return (
+        match: np.ndarray = (
             vectors_match(current, self.targets[rows], tol=tol)
             | vectors_match(current, self.priors[rows], tol=tol)
             | vectors_match(current, self.originals[rows], tol=tol)
         )
+        return match
 
     # ------------------------------------------------------------------ reading
     @classmethod

@@ -386,7 +386,12 @@ def feedback_handler(record: Any, *, source: str = "llamaindex", attach: bool = 
     handler._record = record
     handler._source = source
     if attach:
-        from llama_index.core.instrumentation import get_dispatcher
+        try:  # where LlamaIndex defines it since instrumentation became its own package
+            from llama_index_instrumentation import get_dispatcher
+        except ImportError:  # llama-index-core 0.12 before that split: defined in core
+            from llama_index.core.instrumentation import (  # type: ignore[attr-defined]
+                get_dispatcher,
+            )
 
         get_dispatcher().add_event_handler(handler)
     return handler
