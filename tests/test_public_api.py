@@ -74,12 +74,23 @@ def test_the_package_is_typed_and_silent_by_default():
     from pathlib import Path
 
     assert (Path(nudge_rag.__file__).parent / "py.typed").is_file()
-    code = (
-        "import logging, nudge_rag\n"
-        "logging.getLogger('nudge_rag.finetuner').warning('hello')\n"
-    )
+    code = "import logging, nudge_rag\nlogging.getLogger('nudge_rag.finetuner').warning('hello')\n"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stderr == ""  # a NullHandler: no "last resort" printing to stderr
+
+
+def test_py_typed_is_declared_as_package_data():
+    """The PEP 561 marker is in the package folder and pyproject ships it in the wheel."""
+    from pathlib import Path
+
+    import pytest
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    root = Path(__file__).resolve().parents[1]
+    assert (root / "nudge_rag" / "py.typed").is_file()
+    config = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))
+    assert config["build-system"]["build-backend"] == "setuptools.build_meta"
+    assert "py.typed" in config["tool"]["setuptools"]["package-data"]["nudge_rag"]
 
 
 def test_error_tree():
