@@ -20,8 +20,11 @@ Facts it relies on (PostgreSQL 18, pgvector 0.8, SQLAlchemy 2.0; psycopg2, psyco
   (minus the inner product). ``search`` uses the same operator, so the same index.
 - An HNSW index returns at most ``hnsw.ef_search`` rows (40 by default): searches raise it per
   transaction (``SET LOCAL``, up to its maximum of 1000) and, on pgvector 0.8+, turn on
-  iterative scans so that a filtered search still fills ``k``. A query that still comes back
-  short of what the table holds is run again without the index (exact).
+  iterative scans so that a filtered search still fills ``k``. An IVFFlat index visits
+  ``ivfflat.probes`` lists (the server's setting, 1 by default): filtered searches turn on its
+  iterative scan (pgvector 0.8+, ``relaxed_order``, the only one IVFFlat has), else a list
+  emptied by the filter comes back short (1M rows, 1,000 lists: 32 of 250 queries). A query that
+  still comes back short of what the table holds is run again without the index (exact).
 - Writes: one ``UPDATE ... FROM unnest(ids, vectors)`` per batch, in one transaction that
   checks every id was updated before it commits. Only the vector column is set.
 """
@@ -271,6 +274,7 @@ class PgVectorAdapter(VectorStoreAdapter):
         )
         ann = {am for am, opc in indexes if am in ("hnsw", "ivfflat") and opc == opclass}
         self._hnsw = "hnsw" in ann
+        self._ivfflat = "ivfflat" in ann
         self.exact_search = not ann
 
     def _column_types(self) -> dict[str, str]:
@@ -511,6 +515,8 @@ class PgVectorAdapter(VectorStoreAdapter):
         if exact:
             return [("SET LOCAL enable_indexscan = off", {})]
         if not self._hnsw:
+            if self._ivfflat and self._pgvector >= (0, 8):
+                return [("SET LOCAL ivfflat.iterative_scan = relaxed_order", {})]
             return []
         ef = min(max(k, _EF_SEARCH_DEFAULT), _EF_SEARCH_MAX)
         steps: list[Step] = [(f"SET LOCAL hnsw.ef_search = {ef}", {})]
@@ -539,13 +545,16 @@ class PgVectorAdapter(VectorStoreAdapter):
         self, queries: np.ndarray, k: int, exclude: list[str]
     ) -> list[list[tuple[str, float]]]:
         # One statement per batch of queries (a LATERAL k-NN per query), the excluded ids left
-        # out in the WHERE clause: n_queries × k rows come back.
+        # out in the WHERE clause: n_queries × k rows come back. The query texts are cast to
+        # vectors once, in the unnest: a cast inside the LATERAL distance would parse the query
+        # again for every row an exact scan visits (100k rows: 22 s per query instead of 0.5 s).
         t = self._t
         ex = list(self._id_values(exclude).values())
         not_in = f" AND t.{_q(t.id_col)} <> ALL({self._ids_array('ex')})" if ex else ""
-        dist = f"t.{_q(t.vector_col)} {self._op} CAST(q.v AS vector)"
+        dist = f"t.{_q(t.vector_col)} {self._op} q.v"
         sql = (
-            "SELECT q.i, s.id, s.d FROM unnest(CAST(:qs AS text[])) WITH ORDINALITY AS q(v, i) "
+            "SELECT q.i, s.id, s.d FROM unnest(CAST(CAST(:qs AS text[]) AS vector[])) "
+            "WITH ORDINALITY AS q(v, i) "
             f"CROSS JOIN LATERAL (SELECT CAST(t.{_q(t.id_col)} AS text) AS id, {dist} AS d "
             f"FROM {self._rel} AS t WHERE TRUE{self._scope_sql('t.')}{not_in} "
             f"ORDER BY {dist} LIMIT :k) AS s ORDER BY q.i, s.d"

@@ -139,6 +139,51 @@ def test_pgvector_reruns_a_short_index_scan_without_the_index(
     np.testing.assert_allclose(got, best_scores(x, q, 20, [0, 1]), atol=1e-5)
 
 
+def test_pgvector_ivfflat_search_fills_k_past_its_probes(
+    pg_urls: dict[str, str], request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An IVFFlat scan visits ivfflat.probes lists (1 by default; here ~12 rows each): the
+    # searches turn on its iterative scan, so k comes back from the index, no exact rerun.
+    from sqlalchemy import text
+
+    vs = _llamaindex_pg(pg_urls, request)
+    x = unit_rows(13, 120, 16)
+    vs.add(nodes(x))
+    table = vs._table_class.__tablename__
+    with vs._engine.begin() as conn:
+        conn.execute(
+            text(
+                f'CREATE INDEX ON "public"."{table}" USING ivfflat (embedding vector_cosine_ops) '
+                "WITH (lists = 10)"
+            )
+        )
+    adapter = adapter_for(vs)
+    assert (adapter.metric, adapter.exact_search) == ("cosine", False)
+    real = adapter._settings
+    reruns: list[int] = []
+
+    def settings(k: int, exact: bool = False) -> list:
+        if exact:
+            reruns.append(k)
+            return real(k, exact=True)
+        return [("SET LOCAL enable_seqscan = off", {}), *real(k)]  # the index, even here
+
+    monkeypatch.setattr(adapter, "_settings", settings)
+    q = unit_rows(14, 4, 16)
+    assert len(adapter.search(q[0], 60)) == 60
+    skip = list(range(0, 120, 4))
+    got = adapter.top_scores(q, 60, [f"n{i:03d}" for i in skip])
+    assert reruns == []
+    assert np.all(np.isfinite(got))
+    # Approximate (lists visited in turn, relaxed order): each score is one of a record left
+    # in, and most of the true best 60 are there.
+    kept = best_scores(x, q, 120 - len(skip), skip)
+    assert np.isclose(got[:, :, None], kept[:, None, :], atol=1e-5).any(axis=2).all()
+    want = best_scores(x, q, 60, skip)
+    found = np.isclose(got[:, :, None], want[:, None, :], atol=1e-5).any(axis=1)
+    assert found.mean() >= 0.6
+
+
 def test_pgvector_halfvec_is_refused(
     pg_urls: dict[str, str], request: pytest.FixtureRequest
 ) -> None:
