@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -19,6 +20,23 @@ def _state_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Mo
     home = tmp_path_factory.mktemp("nudge_rag_home")
     monkeypatch.setenv("NUDGE_RAG_HOME", str(home))
     return home
+
+
+@pytest.fixture
+def lc_topics() -> Any:
+    """A LangChain ``InMemoryVectorStore`` of the topic corpus (topics.py): ids ``d0`` ...
+    ``d39``, bag-of-words vectors, metadata ``n`` (the index) and ``tag`` (``t0`` / ``t1``)."""
+    from langchain_core.vectorstores import InMemoryVectorStore
+    from topics import N, texts
+
+    from nudge_rag.testing import BagOfWordsEmbedder
+
+    return InMemoryVectorStore.from_texts(
+        texts(),
+        BagOfWordsEmbedder(dim=64).as_langchain(),
+        metadatas=[{"n": i, "tag": f"t{i % 2}"} for i in range(N)],
+        ids=[f"d{i}" for i in range(N)],
+    )
 
 
 @pytest.fixture(scope="session")

@@ -5,36 +5,11 @@ a model of the wrong space refused, short reprs."""
 from __future__ import annotations
 
 import pytest
+from topics import N, questions, texts
 
 from nudge_rag import NudgeEmbeddingFinetuner
 from nudge_rag.errors import ConfigError, QueryGenerationError
 from nudge_rag.testing import BagOfWordsEmbedder
-
-N = 40
-
-
-def _texts() -> list[str]:
-    return [f"record about topic{i} with alpha{i % 7} and beta{i % 5}" for i in range(N)]
-
-
-def _pairs(n_docs: int = 16, per_doc: int = 2) -> list[tuple[str, list[str]]]:
-    return [
-        (f"question alpha{(d + 1) % 7} beta{(d + 2) % 5} topic{d} v{i}", [f"d{d}"])
-        for i in range(per_doc)
-        for d in range(n_docs)
-    ]
-
-
-@pytest.fixture
-def lc_store():
-    from langchain_core.vectorstores import InMemoryVectorStore
-
-    return InMemoryVectorStore.from_texts(
-        _texts(),
-        BagOfWordsEmbedder(dim=64).as_langchain(),
-        metadatas=[{"n": i, "tag": f"t{i % 2}"} for i in range(N)],
-        ids=[f"d{i}" for i in range(N)],
-    )
 
 
 @pytest.fixture
@@ -52,7 +27,7 @@ def _simple_store(emb):
 
     vs = SimpleVectorStore()
     nodes = [
-        TextNode(id_=f"d{i}", text=t, embedding=emb.embed_one(t)) for i, t in enumerate(_texts())
+        TextNode(id_=f"d{i}", text=t, embedding=emb.embed_one(t)) for i, t in enumerate(texts())
     ]
     vs.add(nodes)
     return vs
@@ -62,10 +37,10 @@ def test_settings_embed_model_embeds_the_queries_of_a_bare_store(settings_reset,
     emb = BagOfWordsEmbedder(dim=64)
     vs = _simple_store(emb)
     with pytest.raises(ConfigError, match=r"Settings\.embed_model"):
-        NudgeEmbeddingFinetuner(vs).finetune(_pairs())
+        NudgeEmbeddingFinetuner(vs).finetune(questions())
     settings_reset.embed_model = emb.as_llamaindex()
     ft = NudgeEmbeddingFinetuner(vs, val_fraction=0.3)
-    ft.finetune(_pairs())
+    ft.finetune(questions())
     assert ft.report is not None and ft.report.n_train > 0 and ft.report.written
 
 
@@ -102,7 +77,7 @@ def test_settings_llm_writes_the_queries_and_its_answers_are_cached(settings_res
     from llama_index.core.schema import TextNode
 
     emb = BagOfWordsEmbedder(dim=64)
-    nodes = [TextNode(id_=f"d{i}", text=t) for i, t in enumerate(_texts())]
+    nodes = [TextNode(id_=f"d{i}", text=t) for i, t in enumerate(texts())]
     index = VectorStoreIndex(
         nodes, storage_context=StorageContext.from_defaults(), embed_model=emb.as_llamaindex()
     )
@@ -123,7 +98,7 @@ def test_an_echoing_llm_is_refused_with_the_real_cause(settings_reset):
     from llama_index.core.schema import TextNode
 
     emb = BagOfWordsEmbedder(dim=64)
-    nodes = [TextNode(id_=f"d{i}", text=t) for i, t in enumerate(_texts())]
+    nodes = [TextNode(id_=f"d{i}", text=t) for i, t in enumerate(texts())]
     index = VectorStoreIndex(
         nodes, storage_context=StorageContext.from_defaults(), embed_model=emb.as_llamaindex()
     )
@@ -140,7 +115,7 @@ def test_source_document_ids_stand_for_their_nodes():
 
     emb = BagOfWordsEmbedder(dim=64)
     docs = [
-        Document(text=f"{_texts()[i]}. Second sentence about gamma{i}.", doc_id=f"doc{i}")
+        Document(text=f"{texts()[i]}. Second sentence about gamma{i}.", doc_id=f"doc{i}")
         for i in range(N)
     ]
     index = VectorStoreIndex.from_documents(
@@ -164,10 +139,10 @@ def test_source_document_ids_stand_for_their_nodes():
     assert node_ids & moved
 
 
-def test_retriever_options_reach_the_frameworks(lc_store):
-    ft = NudgeEmbeddingFinetuner(lc_store, gamma=0.1)
+def test_retriever_options_reach_the_frameworks(lc_topics):
+    ft = NudgeEmbeddingFinetuner(lc_topics, gamma=0.1)
     r = ft.finetune(
-        _pairs(),
+        questions(),
         similarity_top_k=5,
         retriever_kwargs={"search_kwargs": {"filter": lambda d: d.metadata["tag"] == "t1"}},
     )
@@ -188,38 +163,38 @@ def test_llamaindex_filters_reach_the_retriever():
 
     emb = BagOfWordsEmbedder(dim=64)
     nodes = [
-        TextNode(id_=f"d{i}", text=t, metadata={"tag": f"t{i % 2}"}) for i, t in enumerate(_texts())
+        TextNode(id_=f"d{i}", text=t, metadata={"tag": f"t{i % 2}"}) for i, t in enumerate(texts())
     ]
     index = VectorStoreIndex(
         nodes, storage_context=StorageContext.from_defaults(), embed_model=emb.as_llamaindex()
     )
     ft = NudgeEmbeddingFinetuner(index, gamma=0.1)
     filters = MetadataFilters(filters=[ExactMatchFilter(key="tag", value="t1")])
-    r = ft.finetune(_pairs(), similarity_top_k=4, retriever_kwargs={"filters": filters})
+    r = ft.finetune(questions(), similarity_top_k=4, retriever_kwargs={"filters": filters})
     got = r.retrieve("question alpha2 topic1")
     assert 0 < len(got) <= 4
     assert all(n.node.metadata["tag"] == "t1" for n in got)
 
 
-def test_a_model_of_another_space_is_refused_before_anything_is_written(lc_store):
-    before = {k: list(v["vector"]) for k, v in lc_store.store.items()}
+def test_a_model_of_another_space_is_refused_before_anything_is_written(lc_topics):
+    before = {k: list(v["vector"]) for k, v in lc_topics.store.items()}
     other = BagOfWordsEmbedder(vocabulary=[f"w{i}" for i in range(63)] + ["topic1"])
     assert other.dim == 64  # same width, unrelated space
-    ft = NudgeEmbeddingFinetuner(lc_store, embed_model=other.as_langchain(), gamma=0.1)
+    ft = NudgeEmbeddingFinetuner(lc_topics, embed_model=other.as_langchain(), gamma=0.1)
     with pytest.raises(ConfigError, match="does not look like the model that built"):
-        ft.finetune(_pairs())
-    assert {k: list(v["vector"]) for k, v in lc_store.store.items()} == before
+        ft.finetune(questions())
+    assert {k: list(v["vector"]) for k, v in lc_topics.store.items()} == before
     ok = NudgeEmbeddingFinetuner(
-        lc_store, embed_model=other.as_langchain(), gamma=0.1, check_model=False
+        lc_topics, embed_model=other.as_langchain(), gamma=0.1, check_model=False
     )
     assert ok.check_model is False
 
 
-def test_reprs_stay_short_however_many_records_move(lc_store):
+def test_reprs_stay_short_however_many_records_move(lc_topics):
     pairs = [
         (f"question alpha{d % 7} topic{d} v{i}", [f"d{d}"]) for i in range(2) for d in range(N)
     ]
-    ft = NudgeEmbeddingFinetuner(lc_store, gamma=0.1)
+    ft = NudgeEmbeddingFinetuner(lc_topics, gamma=0.1)
     ft.finetune(pairs)
     assert ft.report is not None and ft.report.n_moved >= 30
     assert len(repr(ft)) < 250 and "d17" not in repr(ft)
