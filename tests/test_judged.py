@@ -10,6 +10,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from beir_files import write_beir_folder
 
 from nudge_rag.core import QuerySet
 from nudge_rag.errors import (
@@ -27,20 +28,7 @@ CORPUS = {f"d{i}": f"text {i}" for i in range(4)}
 
 
 def write_beir(root: Path, splits: dict[str, list[tuple[str, str, int]]]) -> Path:
-    root.mkdir(parents=True)
-    (root / "corpus.jsonl").write_text(
-        "\n".join(json.dumps({"_id": d, "title": "", "text": t}) for d, t in CORPUS.items()),
-        encoding="utf-8",
-    )
-    (root / "queries.jsonl").write_text(
-        "\n".join(json.dumps({"_id": q, "text": t}) for q, t in QUERIES.items()),
-        encoding="utf-8",
-    )
-    (root / "qrels").mkdir()
-    for name, rows in splits.items():
-        lines = ["query-id\tcorpus-id\tscore"] + [f"{q}\t{d}\t{g}" for q, d, g in rows]
-        (root / "qrels" / f"{name}.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return root
+    return write_beir_folder(root, CORPUS, QUERIES, splits)
 
 
 def expected() -> JudgedQueries:
@@ -60,7 +48,8 @@ def test_every_shape_reads_to_the_same_queries(tmp_path: Path) -> None:
     path = tmp_path / "qa.json"
     want.save_json(path)
     beir = write_beir(
-        tmp_path / "beir", {"test": [("a", "d0", 1), ("b", "d2", 1), ("b", "d3", 1), ("c", "d1", 1)]}
+        tmp_path / "beir",
+        {"test": [("a", "d0", 1), ("b", "d2", 1), ("b", "d3", 1), ("c", "d1", 1)]},
     )
     shapes = {
         "dict": {"queries": QUERIES, "relevant_docs": RELEVANT, "corpus": CORPUS},
@@ -214,14 +203,38 @@ def test_qadataset_keeps_its_constructor() -> None:
         (b"bytes", r"dataset: expected judged queries: .* received bytes"),
         ({"queries": {"q": "x"}}, r"dataset: expected keys .* missing \['relevant_docs'\]"),
         ({"relevant_docs": {"q": ["d"]}}, r"missing \['queries'\]"),
-        ({"queries": ["x"], "relevant_docs": {"q": ["d"]}}, "dicts keyed by query id, received list"),
-        ({"queries": {"q": "x"}, "relevant_docs": {"r": ["d"]}}, "names query 'r', which is not in queries"),
-        ({"queries": {"q": 3}, "relevant_docs": {"q": ["d"]}}, r"dataset.queries\['q'\]: expected the query text as a str"),
-        ({"queries": {"q": "x"}, "relevant_docs": {"q": ["d"]}, "corpus": {"e": "t"}}, "names record 'd', which is not in corpus"),
-        ({"queries": {"q": "x"}, "relevant_docs": {"q": ["d"]}, "corpus": {"d": 1}}, "expected corpus as record id -> text"),
-        ({"queries": {"q": "x"}, "relevant_docs": {"q": ["d"]}, "corpus": ["d"]}, "expected corpus to be a dict keyed by id, received list"),
-        ({"queries": {1: "x", "1": "y"}, "relevant_docs": {1: ["d"], "1": ["e"]}}, "distinct query ids, received '1'"),
-        ([("q", ["d"]), "just a string"], r"dataset\[1\]: expected a \(query text, relevant ids\) pair"),
+        (
+            {"queries": ["x"], "relevant_docs": {"q": ["d"]}},
+            "dicts keyed by query id, received list",
+        ),
+        (
+            {"queries": {"q": "x"}, "relevant_docs": {"r": ["d"]}},
+            "names query 'r', which is not in queries",
+        ),
+        (
+            {"queries": {"q": 3}, "relevant_docs": {"q": ["d"]}},
+            r"dataset.queries\['q'\]: expected the query text as a str",
+        ),
+        (
+            {"queries": {"q": "x"}, "relevant_docs": {"q": ["d"]}, "corpus": {"e": "t"}},
+            "names record 'd', which is not in corpus",
+        ),
+        (
+            {"queries": {"q": "x"}, "relevant_docs": {"q": ["d"]}, "corpus": {"d": 1}},
+            "expected corpus as record id -> text",
+        ),
+        (
+            {"queries": {"q": "x"}, "relevant_docs": {"q": ["d"]}, "corpus": ["d"]},
+            "expected corpus to be a dict keyed by id, received list",
+        ),
+        (
+            {"queries": {1: "x", "1": "y"}, "relevant_docs": {1: ["d"], "1": ["e"]}},
+            "distinct query ids, received '1'",
+        ),
+        (
+            [("q", ["d"]), "just a string"],
+            r"dataset\[1\]: expected a \(query text, relevant ids\) pair",
+        ),
         ([("q", ["d"], 3)], r"dataset\[0\]: expected a \(query text"),
         ([("only text",)], r"dataset\[0\]: expected a \(query text"),
         ([(3, ["d"])], r"dataset\[0\]: expected a \(query text"),
@@ -232,7 +245,10 @@ def test_qadataset_keeps_its_constructor() -> None:
         ([("q", {"d": "high"})], r"expected numeric relevance grades, received 'high' for id 'd'"),
         ([("q", {"d": float("nan")})], "expected finite relevance grades"),
         ([("q", {"d": float("inf")})], "expected finite relevance grades"),
-        ([("q", {"d": 0})], r"at least one query with a relevant id \(grade > 0\), received 1 query"),
+        (
+            [("q", {"d": 0})],
+            r"at least one query with a relevant id \(grade > 0\), received 1 query",
+        ),
         ([], "at least one query with a relevant id .* received 0 queries"),
         (QADataset({}, {}, {}), "at least one query with a relevant id, received 0 queries"),
     ],
@@ -258,7 +274,9 @@ def test_bad_files_and_folders(tmp_path: Path) -> None:
     bad.write_text(json.dumps({"queries": {}}), encoding="utf-8")
     with pytest.raises(DatasetError, match=r"missing \['relevant_docs'\]"):
         JudgedQueries.from_any(bad)
-    bad.write_text(json.dumps({"queries": {"q": "x"}, "relevant_docs": {"q": []}}), encoding="utf-8")
+    bad.write_text(
+        json.dumps({"queries": {"q": "x"}, "relevant_docs": {"q": []}}), encoding="utf-8"
+    )
     with pytest.raises(DatasetError, match="at least one query"):
         JudgedQueries.from_any(bad)
     assert len(JudgedQueries.from_json(bad)) == 0  # reading alone does not ask for any

@@ -14,6 +14,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from beir_files import write_beir_folder
 
 from nudge_rag.errors import ConfigError, DatasetError, NudgeError
 from nudge_rag.evaluation import (
@@ -289,7 +290,6 @@ def test_finetuner_is_evaluated_through_its_own_retriever(tmp_path) -> None:
     assert res.retrieved == ref.retrieved and all(len(r) == 4 for r in res.retrieved)
 
 
-
 def test_finetuner_over_a_store_without_framework_embeds_through_its_public_method(
     tmp_path,
 ) -> None:
@@ -410,20 +410,9 @@ def test_progress_bar_is_opt_in(capsys) -> None:
 
 
 def write_beir(root: Path, splits: dict[str, list[tuple[str, str, int]]]) -> Path:
-    root.mkdir(parents=True)
-    (root / "corpus.jsonl").write_text(
-        "\n".join(json.dumps({"_id": f"d{i}", "title": "", "text": f"t{i}"}) for i in range(4)),
-        encoding="utf-8",
-    )
-    (root / "queries.jsonl").write_text(
-        "\n".join(json.dumps({"_id": f"q{i}", "text": f"query {i}"}) for i in range(3)),
-        encoding="utf-8",
-    )
-    (root / "qrels").mkdir()
-    for name, rows in splits.items():
-        lines = ["query-id\tcorpus-id\tscore"] + [f"{q}\t{d}\t{g}" for q, d, g in rows]
-        (root / "qrels" / f"{name}.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return root
+    """Records d0..d3 ("t0".."t3") and queries q0..q2 ("query 0".."query 2")."""
+    corpus = {f"d{i}": f"t{i}" for i in range(4)}
+    return write_beir_folder(root, corpus, {f"q{i}": f"query {i}" for i in range(3)}, splits)
 
 
 RUNS = {"query 0": ["d1", "d0"], "query 1": ["d2"], "query 2": ["d3", "d1"]}
