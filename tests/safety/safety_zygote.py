@@ -146,7 +146,7 @@ def serve(modules: list[str]) -> None:
     import importlib
     import warnings
 
-    sys.path.insert(0, str(HERE))
+    sys.path[:0] = [str(HERE), str(HERE.parent)]  # safety_kit, and live_servers it imports
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for name in modules:
@@ -250,7 +250,7 @@ class Zygote:
         env.pop("NUDGE_RAG_KILL_AT", None)
         env.pop("NUDGE_RAG_FAULT_LOG", None)
         env["PYTHONPATH"] = os.pathsep.join(
-            [str(HERE), str(REPO), *filter(None, [env.get("PYTHONPATH")])]
+            [str(HERE), str(HERE.parent), str(REPO), *filter(None, [env.get("PYTHONPATH")])]
         )
         self._stderr = open(self.log_dir / "zygote.log", "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
