@@ -197,7 +197,9 @@ def test_nothing_imports_the_cli() -> None:
 
 def test_the_graph_sees_real_edges() -> None:
     """The parser is not vacuous: edges known to exist are found (lazy ones included)."""
-    assert "nudge_rag.judged" in GRAPH["nudge_rag.finetuner"] | GRAPH["nudge_rag.evaluation.evaluate"]
+    assert (
+        "nudge_rag.judged" in GRAPH["nudge_rag.finetuner"] | GRAPH["nudge_rag.evaluation.evaluate"]
+    )
     assert "nudge_rag.stores" in GRAPH["nudge_rag.integrations.retrievers"]
     assert "nudge_rag.finetuner" in GRAPH["nudge_rag.sources.source"]  # inside a method
     assert "nudge_rag.evaluation" in GRAPH["nudge_rag.reports"]  # the package of a submodule
