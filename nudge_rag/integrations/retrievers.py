@@ -93,8 +93,6 @@ async def call_any(fn: Callable[[str], Any], query: str) -> Any:
     return out
 
 
-
-
 @runtime_checkable
 class MakesRetrievers(Protocol):
     """An object that hands out the framework's retriever over its store for a given ``k``

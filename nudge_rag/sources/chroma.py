@@ -139,4 +139,3 @@ def several_collections(store: Path) -> bool:
         return len(collection_names(chroma_client(store))) > 1
     except Exception:
         return True
-
