@@ -273,6 +273,7 @@ class Table:
     base: tuple[float, float] | None = None
     rows: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    curves: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
     def rebase(self) -> None:
         """The next row becomes the reference of the deltas."""
@@ -672,6 +673,7 @@ def simulate_chat(
     wrong: float = 0.0,
     noise: str = "add",
     seed: int = 0,
+    test: QuerySet | None = None,
 ) -> tuple[Fitted, list[Feedback], list[dict[str, float]]]:
     """Serve ``traffic`` in batches with the current retriever, collect feedback, refit."""
     rng = np.random.default_rng(seed)
@@ -687,7 +689,10 @@ def simulate_chat(
             )
         current = learner(c, log)
         n_conf = sum(bool(f.confirmed) for f in log)
-        trace.append({"queries": len(log), "with_feedback": n_conf, **current.info})
+        point: dict[str, Any] = {"queries": len(log), "with_feedback": n_conf, **current.info}
+        if test is not None:
+            point["test_ndcg"] = score(current, test)[0]
+        trace.append(point)
     return current, log, trace
 
 
@@ -709,6 +714,42 @@ def learner_plain(c: Corpus, log: list[Feedback]) -> Fitted:
         return Fitted(c.doc, info={"gamma": 0.0})
     assert res.embeddings is not None
     return Fitted(res.embeddings, info={"gamma": res.gamma})
+
+
+def nudge_rag_auto(doc: np.ndarray, qs: QuerySet, seed: int = 0) -> Fitted:
+    """What ``finetune()`` / ``update()`` do by default (``method="auto"``), in numpy: the
+    choice of :mod:`nudge_rag.core.choose` on the fitted records, the pool from every other
+    record (what a store scan gives), refit on every question."""
+    from nudge_rag.core.choose import POOL, PoolAccumulator, choose, hold_out
+    from nudge_rag.core.choose import refit as choose_refit
+
+    rows = np.unique(qs.rows)
+    pos = np.full(doc.shape[0], -1, dtype=np.int64)
+    pos[rows] = np.arange(rows.size)
+    local = QuerySet(qs.embeddings, [{int(pos[r]): g for r, g in a.items()} for a in qs.answers()])
+    try:
+        h = hold_out(local, uncovered_share=1 - rows.size / doc.shape[0], seed=seed)
+    except ConfigError:
+        return Fitted(doc, info={"chosen": "nothing (no covered split)"})
+    others = np.setdiff1d(np.arange(doc.shape[0]), rows)
+    acc = PoolAccumulator(h.held.embeddings, POOL)
+    for s in range(0, others.size, 4096):
+        part = doc[others[s : s + 4096]]
+        acc.update(part / np.linalg.norm(part, axis=1, keepdims=True))
+    recs = doc[rows] / np.linalg.norm(doc[rows], axis=1, keepdims=True)
+    ch = choose(recs, h, acc.result(), adaptor=True)
+    new, ad = choose_refit(recs, local, ch, n_fit=len(h.train))
+    out = doc.copy()
+    out[rows] = new
+    return Fitted(out, ad, info={"chosen": ch.chosen.name})
+
+
+def learner_auto(c: Corpus, log: list[Feedback]) -> Fitted:
+    """nudge_rag's default (``method="auto"``, what ``update()`` runs) on all confirmed so far."""
+    pos = _positives(c, log)
+    if pos is None:
+        return Fitted(c.doc)
+    return nudge_rag_auto(c.doc, pos)
 
 
 def learner_finetuner(c: Corpus, log: list[Feedback]) -> Fitted:
@@ -1178,6 +1219,10 @@ def part_chat(args: argparse.Namespace) -> list[Table]:
         f = finetuner_default(c.doc, full)
         t.add("full judgements, finetuner defaults (refit)", *score(f, test), gamma=f.info["gamma"])
         learners: dict[str, tuple[Learner, bool]] = {
+            "nudge_rag default (method='auto', what ft.update() runs) on all confirmed so far": (
+                learner_auto,
+                True,
+            ),
             "plain loop: NUDGE-N default γ selection on all confirmed so far": (
                 learner_plain,
                 True,
@@ -1195,6 +1240,7 @@ def part_chat(args: argparse.Namespace) -> list[Table]:
         }
         only = set(args.learners.split(",")) if args.learners else None
         final_log: list[Feedback] = []
+        curves: dict[str, list[dict[str, Any]]] = {}
         for wrong in (0.0, 0.2):
             for lname, (learner, many) in learners.items():
                 if only and not any(o in lname for o in only):
@@ -1204,8 +1250,10 @@ def part_chat(args: argparse.Namespace) -> list[Table]:
                 for seed in seeds:
                     t0 = time.perf_counter()
                     fit, log, trace = simulate_chat(
-                        c, traffic, learner, wrong=wrong, noise=args.noise, seed=seed
+                        c, traffic, learner, wrong=wrong, noise=args.noise, seed=seed, test=test
                     )
+                    if seed == seeds[0]:
+                        curves[f"{'20 % wrong' if wrong else 'clean'}: {lname}"] = trace
                     vals.append(
                         (
                             *score(fit, test),
@@ -1217,7 +1265,9 @@ def part_chat(args: argparse.Namespace) -> list[Table]:
                         final_log = log
                 v = np.array(vals)
                 last = {
-                    k: w for k, w in trace[-1].items() if k in ("gamma", "beta", "adaptor_epochs")
+                    k: w
+                    for k, w in trace[-1].items()
+                    if k in ("gamma", "beta", "adaptor_epochs", "chosen")
                 }
                 extra = (
                     {"seeds": len(seeds), "ndcg_per_seed": tuple(np.round(v[:, 0], 4))}
@@ -1262,12 +1312,50 @@ def part_chat(args: argparse.Namespace) -> list[Table]:
                 f"record under the original vectors: median {int(np.median(ranks))}, quartiles "
                 f"{int(np.percentile(ranks, 25))}–{int(np.percentile(ranks, 75))}."
             )
+        if curves:
+            base_nd = score(Fitted(c.doc), test)[0]
+            full_nd = score(Fitted(res.embeddings), test)[0]
+            plot_chat(name, curves, base_nd, full_nd, RESULTS / f"chat_{name}.png")
+            t.notes.append(f"Curves: `benchmarks/results/chat_{name}.png` (first noise seed).")
+            t.curves = curves
         t.notes.append(
             f"Wrong confirmations: model '{args.noise}' (see `confirmations`); noise seeds {args.noise_seeds} "
             "for the first three loops (mean shown), the first seed for the others."
         )
         tables.append(t)
     return tables
+
+
+def plot_chat(
+    name: str, curves: dict[str, list[dict[str, Any]]], base: float, full: float, out: Path
+) -> None:
+    """Test NDCG@10 after each batch of traffic, per refit loop."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for label, trace in curves.items():
+        x = [p["queries"] for p in trace]
+        y = [p["test_ndcg"] for p in trace]
+        ax.plot(x, y, ("--" if label.startswith("20 %") else "-"), label=label[:70])
+    ax.axhline(base, color="grey", ls=":", label=f"no fine-tuning ({base:.3f})")
+    ax.axhline(
+        full,
+        color="black",
+        ls="-.",
+        label=f"NUDGE-N on full judgements of all traffic ({full:.3f})",
+    )
+    ax.set_xlabel("traffic queries served (feedback: relevant records seen in the top 10)")
+    ax.set_ylabel("test NDCG@10")
+    ax.set_title(f"Simulated chatbot, {name}: ft.update() after every 50 queries")
+    ax.legend(fontsize=7, loc="lower right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
 
 
 def part_real(args: argparse.Namespace) -> list[Table]:
@@ -1287,7 +1375,7 @@ def part_real(args: argparse.Namespace) -> list[Table]:
         "Check: the real finetuner (LangChain InMemoryVectorStore, k = 10) against the numpy simulation"
     )
     cases = [
-        ("10-K sister 1/8, seed 0", tenk, *sister_split(tenk, 0, 1 / 8)),
+        *[(f"10-K sister 1/8, seed {s}", tenk, *sister_split(tenk, s, 1 / 8)) for s in args.seeds],
         ("10-K cross", tenk, *cross_split(tenk)),
         (
             "SciFact, train + val → test",
@@ -1296,6 +1384,16 @@ def part_real(args: argparse.Namespace) -> list[Table]:
             sidx["test"],
         ),
     ]
+    if "nfcorpus" in args.datasets:
+        nfc, nidx = load_beir("nfcorpus", texts=True)
+        cases.append(
+            (
+                "NFCorpus, train + val → test",
+                nfc,
+                np.concatenate([nidx["train"], nidx["val"]]),
+                nidx["test"],
+            )
+        )
     for label, c, tr, te in cases:
         row = {d: i for i, d in enumerate(c.doc_ids)}
         if t.rows:
@@ -1326,14 +1424,22 @@ def part_real(args: argparse.Namespace) -> list[Table]:
         with tempfile.TemporaryDirectory() as state:
             ft = NudgeEmbeddingFinetuner(store, state_dir=state)
             try:
-                ft.finetune(pairs)
-                note = ft.report.note if ft.report is not None else ""
+                t0 = time.perf_counter()
+                tuned = ft.finetune(pairs, similarity_top_k=K)
+                secs = time.perf_counter() - t0
+                rep = ft.report
+                note = rep.note if rep is not None else ""
                 t.add(
-                    f"{label}: finetuner defaults, through the store",
-                    *through_store(),
-                    gamma=ft.report.gamma if ft.report else float("nan"),
-                    note=note[:60],
+                    f"{label}: finetuner defaults (method='auto'), through the retriever it returns",
+                    *through_store(retriever=tuned),
+                    chosen=rep.chosen if rep else "",
+                    gamma=rep.gamma if rep else float("nan"),
+                    seconds=f"{secs:.1f}",
+                    stages={k: round(v, 1) for k, v in (rep.seconds if rep else {}).items()},
+                    note=note[:90],
                 )
+                ft.revert()
+                t.add(f"{label}: after revert(), through the store", *through_store())
             except Exception as exc:  # the finetuner raises when no covered split exists, etc.
                 t.add(
                     f"{label}: finetuner defaults, through the store: raised {type(exc).__name__}",
@@ -1341,10 +1447,46 @@ def part_real(args: argparse.Namespace) -> list[Table]:
                     float("nan"),
                     note=str(exc)[:80],
                 )
+        if c is tenk:
+            # the same through generate_queries: an "LLM" that answers each chunk with its
+            # training questions (none for a chunk without one)
+            by_text: dict[str, list[str]] = {}
+            for j in tr.tolist():
+                for r in c.answers[j]:
+                    by_text.setdefault(c.doc_texts[r], []).append(c.texts[j])
+
+            async def replay(prompt: str, by_text: dict[str, list[str]] = by_text) -> str:
+                context = prompt.split("---------------------\n")[1].removesuffix("\n")
+                return json.dumps(by_text.get(context, []))
+
+            with tempfile.TemporaryDirectory() as state:
+                ft = NudgeEmbeddingFinetuner(store, llm=replay, state_dir=state)
+                try:
+                    tuned = ft.finetune(similarity_top_k=K)
+                    rep = ft.report
+                    gen = ft.generated
+                    t.add(
+                        f"{label}: finetune() on generate_queries with the questions replayed as the LLM",
+                        *through_store(retriever=tuned),
+                        chosen=rep.chosen if rep else "",
+                        questions=len(gen.queries) if gen is not None else 0,
+                    )  # fmt: skip
+                    ft.revert()
+                except Exception as exc:
+                    t.add(
+                        f"{label}: generate_queries replay: raised {type(exc).__name__}",
+                        float("nan"),
+                        float("nan"),
+                        note=str(exc)[:120],
+                    )
         f = finetuner_default(c.doc, c.qs(tr))
         t.add(
-            f"{label}: finetuner defaults, numpy simulation", *score(f, test), gamma=f.info["gamma"]
+            f"{label}: finetuner defaults before 'auto' (NUDGE-N), numpy simulation",
+            *score(f, test),
+            gamma=f.info["gamma"],
         )
+        g = nudge_rag_auto(c.doc, c.qs(tr))
+        t.add(f"{label}: method='auto', numpy simulation", *score(g, test), **g.info)
     return [t]
 
 
@@ -1396,7 +1538,13 @@ def main(argv: list[str] | None = None) -> int:
             "seconds": round(time.perf_counter() - t0),
             "args": {k: v for k, v in vars(args).items() if k != "out"},
             "tables": [
-                {"title": t.title, "rows": t.rows, "notes": t.notes, "markdown": t.markdown()}
+                {
+                    "title": t.title,
+                    "rows": t.rows,
+                    "notes": t.notes,
+                    "markdown": t.markdown(),
+                    "curves": t.curves,
+                }
                 for t in tables
             ],
         }

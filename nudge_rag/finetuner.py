@@ -27,6 +27,7 @@ import numpy as np
 
 from nudge_rag._faults import checkpoint
 from nudge_rag._util import check_positive_int, run_sync
+from nudge_rag.auto import ChoosesMethod
 from nudge_rag.core import (
     BestUnmovedScores,
     NudgeM,
@@ -58,7 +59,7 @@ __all__ = ["FinetuneReport", "NudgeEmbeddingFinetuner", "RevertReport", "as_trai
 
 logger = logging.getLogger(__name__)
 
-Method = Literal["nudge-n", "nudge-m"]
+Method = Literal["auto", "nudge-n", "nudge-m"]
 #: Median cosine between stored vectors and the model's embedding of their texts below which
 #: the model is taken for another one (a header of metadata in the embedded text costs ~0.1;
 #: another model of the same width gives ~0).
@@ -71,7 +72,7 @@ AUTO_SEARCH_RECORDS = 50_000
 # The finetuner
 # ---------------------------------------------------------------------------------------------
 @dataclass
-class NudgeEmbeddingFinetuner(LearnsFromUse):
+class NudgeEmbeddingFinetuner(LearnsFromUse, ChoosesMethod):
     """Fine-tune the embeddings stored in an existing index or vector store, in place.
 
     Example:
@@ -86,8 +87,13 @@ class NudgeEmbeddingFinetuner(LearnsFromUse):
         embed_model: The model that embedded the records (needed only when ``store`` carries
             none: a bare LlamaIndex vector store, a chromadb collection). Training queries are
             embedded with its query-side call.
-        method: ``"nudge-n"`` (default; unit vectors, safe on every store) or ``"nudge-m"``
-            (inner-product stores only).
+        method: ``"auto"`` (default): held-out questions decide between NUDGE-N on the
+            records, a query-side linear adaptor (the returned retriever embeds queries through
+            it; the stored vectors are not touched by it), both, or nothing, with the loss on
+            records no training question points to bounded (see :mod:`nudge_rag.core.choose`
+            and the README's "Which method when"); ``"nudge-n"`` (NUDGE-N only, γ chosen by
+            ``objective``; unit vectors, safe on every store) or ``"nudge-m"`` (inner-product
+            stores only). With ``gamma`` fixed, ``"auto"`` is ``"nudge-n"``.
         gamma: Fix γ and skip its selection.
         objective: What γ is chosen by: ``"top1"`` (the paper) or ``"ndcg@k"``.
         val_fraction: Share of training queries held out to choose γ (only queries whose records
@@ -136,7 +142,7 @@ class NudgeEmbeddingFinetuner(LearnsFromUse):
 
     store: Any
     embed_model: Any = None
-    method: Method = "nudge-n"
+    method: Method = "auto"
     gamma: float | None = None
     objective: str = "top1"
     val_fraction: float = 0.2
@@ -164,8 +170,8 @@ class NudgeEmbeddingFinetuner(LearnsFromUse):
     _feedback: FeedbackLog | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if self.method not in ("nudge-n", "nudge-m"):
-            msg = f"method must be 'nudge-n' or 'nudge-m'; received {self.method!r}"
+        if self.method not in ("auto", "nudge-n", "nudge-m"):
+            msg = f"method must be 'auto', 'nudge-n' or 'nudge-m'; received {self.method!r}"
             raise ConfigError(msg)
         for name in ("page_size", "write_batch_size", "max_concurrency"):
             check_positive_int(getattr(self, name), name)
@@ -264,6 +270,8 @@ class NudgeEmbeddingFinetuner(LearnsFromUse):
         self, pairs: TrainingPairs, q: np.ndarray, times: dict[str, float]
     ) -> FinetuneReport:
         """Everything that reads or writes the store or its state, under the store's lock."""
+        if self.method == "auto" and self.gamma is None:
+            return self._finetune_auto(pairs, q, times)
         s_ids = sorted({i for _, ans in pairs for i in ans})
         pos = {i: r for r, i in enumerate(s_ids)}
         queries = QuerySet(q, [{pos[i]: g for i, g in ans.items()} for _, ans in pairs])
@@ -341,7 +349,7 @@ class NudgeEmbeddingFinetuner(LearnsFromUse):
                 pos,
                 {
                     "gamma": res.gamma,
-                    "method": self.method,
+                    "method": "nudge-m" if self.method == "nudge-m" else "nudge-n",
                     "objective": self.objective,
                     "n_train": res.n_train,
                     "n_val": res.n_val,
@@ -365,7 +373,7 @@ class NudgeEmbeddingFinetuner(LearnsFromUse):
                 "(where you save it), the same on every run"
             )
         return FinetuneReport(
-            method=self.method,
+            method="nudge-m" if self.method == "nudge-m" else "nudge-n",
             gamma=res.gamma if moved_ids else 0.0,
             n_records=read.n_records,
             n_moved=len(moved_ids),
@@ -404,6 +412,7 @@ class NudgeEmbeddingFinetuner(LearnsFromUse):
                 for p in self._adapter.iter_pages(self.page_size, with_documents=False)
                 for i in p.ids
             ]
+            self._check_sample(len(ids))
             chosen = sample_chunks(ids, self.max_chunks, self.seed)
             texts: dict[str, str] = {}
             for start in range(0, len(chosen), self.page_size):
@@ -458,6 +467,9 @@ class NudgeEmbeddingFinetuner(LearnsFromUse):
         k = similarity_top_k if similarity_top_k is not None else self.similarity_top_k
         if pipe.make_retriever is None:
             return self._adapter
+        adaptor = self.adaptor() if pipe.adapts_queries else None
+        if adaptor is not None:
+            return pipe.make_retriever(k, adaptor=adaptor, **kwargs)
         return pipe.make_retriever(k, **kwargs)
 
     async def aembed_queries(self, texts: Sequence[str]) -> np.ndarray:
@@ -526,7 +538,7 @@ class NudgeEmbeddingFinetuner(LearnsFromUse):
     # ------------------------------------------------------------------ internals
     def _model(self, gamma: float | None = None) -> NudgeN | NudgeM:
         """The core model that chooses γ (refit is done here, so that the report is held out)."""
-        cls = NudgeN if self.method == "nudge-n" else NudgeM
+        cls = NudgeM if self.method == "nudge-m" else NudgeN
         return cls(
             gamma=self.gamma if gamma is None else gamma,
             objective=self.objective,
@@ -628,11 +640,45 @@ class NudgeEmbeddingFinetuner(LearnsFromUse):
             )
             raise ConfigError(msg)
 
+    def _check_sample(self, n_chunks: int) -> None:
+        """Refuse a ``max_chunks`` sample whose cost to the other chunks cannot be bounded.
+
+        Records outside the sample get no question; NUDGE moves the sampled ones toward their
+        questions, and questions about the others can then find the moved records first (on the
+        10-K chunks: more than 10 points of NDCG@10 lost). ``method="auto"`` measures and bounds
+        that loss with sentinel questions, which needs enough sampled chunks.
+        """
+        m = self.max_chunks
+        if m is None or m >= n_chunks:
+            return
+        from nudge_rag.core.choose import MIN_SENTINELS, SENTINEL_FRACTION
+
+        if self.method != "auto" or self.gamma is not None:
+            msg = (
+                f"max_chunks={m} writes questions for {m} of the {n_chunks} chunks; with "
+                f"method={self.method!r}" + (f" and gamma={self.gamma}" if self.gamma else "")
+                + " nothing bounds what the other chunks lose (their questions find the moved "
+                "records first). Use method='auto' with no fixed gamma (it measures and bounds "
+                "that loss), or max_chunks=None"
+            )  # fmt: skip
+            raise ConfigError(msg)
+        need = -(-MIN_SENTINELS // max(1, round(SENTINEL_FRACTION * self.queries_per_chunk * 10)))
+        need *= 10
+        if m < need:
+            msg = (
+                f"max_chunks={m} samples too few of the {n_chunks} chunks to measure what the "
+                f"others lose: at least {need} are needed at {self.queries_per_chunk} question(s) "
+                f"per chunk ({MIN_SENTINELS} held-out questions about {SENTINEL_FRACTION:.0%} of "
+                f"the sample). Pass max_chunks >= {need}, or max_chunks=None"
+            )
+            raise ConfigError(msg)
+
     def _unmoved_mode(self) -> str:
         """``scan`` or ``search`` for this run (``auto``: search on a large store)."""
         if self.unmoved != "auto":
             return self.unmoved
         return "search" if self._adapter.count() >= AUTO_SEARCH_RECORDS else "scan"
+
 
 def _report_metrics(s_unit: np.ndarray, val: QuerySet, unmoved: BestUnmovedScores) -> MetricMeans:
     """Metrics @10 of the validation queries over the whole store: the fitted records scored

@@ -48,6 +48,14 @@ class FinetuneReport:
         unmoved: How the best scores of the records that do not move were found: ``"scan"``
             (every vector read once, page by page), ``"search"`` (the store's own top-k search,
             only the fitted records read), ``"none"`` (γ fixed: no validation).
+        chosen: With ``method="auto"``: what was applied, ``"nothing"``, ``"NUDGE-N γ=…"``,
+            ``"adaptor (N epochs)"`` or ``"adaptor (N epochs) + NUDGE-N γ=…"``; else ``""``.
+        candidates: With ``method="auto"``: the best held-out NDCG@10 of each kind of
+            candidate (``{"nothing": 0.61, "NUDGE-N γ=0.04": 0.62, ...}``), on the validation
+            questions, and ``sentinel_loss`` of each (points of NDCG@10 lost on the held-out
+            questions about records outside the training sample; empty when not measured).
+        adaptor: Whether the returned retriever embeds queries through a query-side adaptor
+            (kept with the state; :meth:`revert` drops it).
     """
 
     method: str
@@ -70,10 +78,16 @@ class FinetuneReport:
     restored_ids: list[str] = field(default_factory=list)
     unmoved: str = "scan"
     n_written: int = 0
+    chosen: str = ""
+    candidates: dict[str, float] = field(default_factory=dict)
+    sentinel_loss: dict[str, float] = field(default_factory=dict)
+    adaptor: bool = False
 
     def __repr__(self) -> str:
         return (
-            f"FinetuneReport(method={self.method!r}, gamma={self.gamma:.4g}, "
+            f"FinetuneReport(method={self.method!r}, "
+            + (f"chosen={self.chosen!r}, " if self.chosen else "")
+            + f"gamma={self.gamma:.4g}, "
             f"n_moved={self.n_moved}, n_records={self.n_records}, written={self.written}, "
             f"adopted={len(self.adopted_ids)}, deleted={len(self.deleted_ids)}, "
             f"state_dir={self.state_dir!r})"
@@ -85,6 +99,22 @@ class FinetuneReport:
             f"{self.method}: γ={self.gamma:.4g}, {self.n_moved} of {self.n_records} records moved "
             f"({self.n_train} training / {self.n_val} validation queries)",
         ]
+        if self.chosen:
+            base = self.candidates.get("nothing")
+            parts = []
+            for name, v in self.candidates.items():
+                gain = (
+                    f" ({100 * (v - base):+.2f})" if base is not None and name != "nothing" else ""
+                )
+                loss = self.sentinel_loss.get(name)
+                sent = f", sentinels {-100 * loss:+.2f}" if loss is not None else ""
+                parts.append(f"{name} {v:.4f}{gain}{sent}")
+            lines.append(
+                f"chosen: {self.chosen}"
+                + (" (queries embedded through the adaptor)" if self.adaptor else "")
+                + "; held-out NDCG@10: "
+                + "; ".join(parts)
+            )
         if self.before is not None and self.after is not None:
             lines.append(
                 f"validation NDCG@10 {self.before.ndcg:.4f} -> {self.after.ndcg:.4f}, "
@@ -137,6 +167,10 @@ class FinetuneReport:
             "restored_ids": list(self.restored_ids),
             "unmoved": self.unmoved,
             "n_written": self.n_written,
+            "chosen": self.chosen,
+            "candidates": dict(self.candidates),
+            "sentinel_loss": dict(self.sentinel_loss),
+            "adaptor": self.adaptor,
             "validation": {
                 "before": self.before._asdict() if self.before is not None else None,
                 "after": self.after._asdict() if self.after is not None else None,
@@ -162,6 +196,7 @@ class RevertReport:
             that keep vectors as written; ~1e-7 on stores that renormalise).
         state_dir: The state folder used.
         note: Why nothing was restored, when nothing was.
+        adaptor_dropped: A query-side adaptor was in force and no longer is.
     """
 
     n_restored: int
@@ -172,6 +207,7 @@ class RevertReport:
     deleted_ids: list[str] = field(default_factory=list)
     mismatched_ids: list[str] = field(default_factory=list)
     note: str = ""
+    adaptor_dropped: bool = False
 
     @property
     def ok(self) -> bool:
@@ -207,6 +243,8 @@ class RevertReport:
                 f"skipped {len(self.deleted_ids)} record(s) no longer in the store: "
                 f"{name_ids(self.deleted_ids)}"
             )
+        if self.adaptor_dropped:
+            lines.append("the query-side adaptor was dropped")
         if self.mismatched_ids:
             lines.append(
                 f"{len(self.mismatched_ids)} record(s) did not read back equal to their original: "
@@ -227,4 +265,5 @@ class RevertReport:
             "max_abs_diff": self.max_abs_diff,
             "state_dir": self.state_dir,
             "note": self.note,
+            "adaptor_dropped": self.adaptor_dropped,
         }

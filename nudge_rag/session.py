@@ -22,6 +22,7 @@ import numpy as np
 
 from nudge_rag._util import progress_iter
 from nudge_rag.core import BestUnmovedScores, QuerySet, UnmovedTopK, normalize_rows
+from nudge_rag.core.choose import Pool, PoolAccumulator, pool_from_hits
 from nudge_rag.errors import (
     AnswerError,
     DimensionMismatchError,
@@ -40,6 +41,8 @@ logger = logging.getLogger(__name__)
 
 #: Best unmoved scores are kept for at least this many ranks (the report's metrics @10).
 REPORT_K = 10
+#: The query-side adaptor's weight, kept with the state generation that applies it.
+ADAPTOR_FILE = "adaptor.npy"
 
 
 @dataclass
@@ -55,7 +58,8 @@ class StoreRead:
     held: dict[str, np.ndarray] = field(default_factory=dict)
     adopted: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
-
+    # per validation query, its best records among those that do not move (``pool=`` reads)
+    pool: Pool | None = None
 
 
 @dataclass
@@ -130,9 +134,14 @@ class StoreSession:
             out.append(self.adapter.get(ids[start : start + self.page_size]).embeddings)
         return np.concatenate(out, axis=0)
 
-
     def read_scan(
-        self, s_ids: list[str], val: QuerySet | None, state: FinetuneState | None, dim: int, k: int
+        self,
+        s_ids: list[str],
+        val: QuerySet | None,
+        state: FinetuneState | None,
+        dim: int,
+        k: int,
+        pool: int = 0,
     ) -> StoreRead:
         """One pass over the store: keep the records queries answer, stream the rest
         (``unmoved="scan"``).
@@ -145,6 +154,7 @@ class StoreSession:
         s_vecs = np.zeros((len(s_ids), dim), dtype=np.float64)
         seen = np.zeros(len(s_ids), dtype=bool)
         acc = UnmovedTopK(val.embeddings, [], max(k, REPORT_K)) if val is not None else None
+        pooled = PoolAccumulator(val.embeddings, pool) if val is not None and pool else None
         journal = state.row_of() if state is not None and state.active else {}
         out = StoreRead(s_vecs, None, 0, dim)
         met: set[str] = set()
@@ -171,6 +181,8 @@ class StoreSession:
                 seen[rows_] = True
             if acc is not None and (~keep).any():
                 acc.update(vecs[~keep].astype(np.float32))
+                if pooled is not None:
+                    pooled.update(normalize_rows(vecs[~keep], name="stored vectors"))
             n += len(page.ids)
         if not seen.all():
             missing = [s_ids[i] for i in np.flatnonzero(~seen)[:10]]
@@ -183,11 +195,18 @@ class StoreSession:
         out.deleted = [rid for rid in journal if rid not in met]
         out.n_records = n
         out.unmoved = acc.result() if acc is not None else None
+        out.pool = pooled.result() if pooled is not None else None
         self._log_changes(out, state)
         return out
 
     def read_by_id(
-        self, s_ids: list[str], val: QuerySet | None, state: FinetuneState | None, dim: int, k: int
+        self,
+        s_ids: list[str],
+        val: QuerySet | None,
+        state: FinetuneState | None,
+        dim: int,
+        k: int,
+        pool: int = 0,
     ) -> StoreRead:
         """Read only the records queries answer (and the journaled ones), by id; the best scores
         of every other record come from the store's own search (``unmoved="search"``).
@@ -216,7 +235,9 @@ class StoreSession:
             )
             raise DimensionMismatchError(msg)
         vecs = cur.astype(np.float64)
-        out = StoreRead(np.zeros((len(s_ids), dim), dtype=np.float64), None, self.adapter.count(), dim)
+        out = StoreRead(
+            np.zeros((len(s_ids), dim), dtype=np.float64), None, self.adapter.count(), dim
+        )
         self._classify(present, cur, vecs, state, journal, out)
         out.deleted = [i for i in journal if i in absent]
         self._check_unit(vecs)
@@ -228,15 +249,42 @@ class StoreSession:
             # unit queries (cosine), and its scores are scaled back by each query's norm.
             qv = np.asarray(val.embeddings, dtype=np.float32)
             qn = np.linalg.norm(qv, axis=1, keepdims=True)
-            store = self.adapter.top_scores(qv / qn, kk, exclude=present) * qn
             fitted = set(s_ids)
             extra = [j for j, i in enumerate(present) if i not in fitted]
+            if pool:
+                store = self._search_pool(qv / qn, kk, pool, present, vecs[extra], out) * qn
+            else:
+                store = self.adapter.top_scores(qv / qn, kk, exclude=present) * qn
             if extra:  # journaled records outside this fit: scored as they will be (originals)
                 mine = qv @ normalize_rows(vecs[extra], name="stored vectors").T.astype(np.float32)
                 store = -np.sort(-np.concatenate([store, mine], axis=1), axis=1)[:, :kk]
             out.unmoved = BestUnmovedScores(np.ascontiguousarray(store, dtype=np.float32))
         self._log_changes(out, state)
         return out
+
+    def _search_pool(
+        self, units: np.ndarray, k: int, pool: int, present: list[str], extra: np.ndarray,
+        out: StoreRead,
+    ) -> np.ndarray:  # fmt: skip
+        """The store's top-``k`` scores of each query outside ``present`` (as ``top_scores``),
+        and, from the same search, the best ``pool`` records' vectors (``out.pool``)."""
+        n, kk = units.shape[0], max(k, pool)
+        scores = np.full((n, k), -np.inf, dtype=np.float32)
+        hits: list[list[str]] = [[] for _ in range(n)]
+        if n and self.adapter.count():
+            found = self.adapter._top_hits(
+                np.asarray(units, dtype=np.float32), kk, list(dict.fromkeys(present))
+            )
+            for j, got in enumerate(found):
+                best = np.sort(np.asarray([s for _, s in got[:kk]], dtype=np.float32))[::-1][:k]
+                scores[j, : len(best)] = best
+                hits[j] = [i for i, _ in got[:pool]]
+        ids = list(dict.fromkeys(i for h in hits for i in h))
+        vecs = normalize_rows(self.get_vectors(ids, units.shape[1]), name="stored vectors")
+        by_id = dict(zip(ids, vecs, strict=True))
+        shared = normalize_rows(extra, name="stored vectors") if len(extra) else None
+        out.pool = pool_from_hits(n, hits, by_id, units.shape[1], shared)
+        return scores
 
     def _classify(
         self,
@@ -291,7 +339,6 @@ class StoreSession:
                 name_ids(out.deleted),
             )
 
-
     def write(
         self,
         state: FinetuneState | None,
@@ -300,9 +347,11 @@ class StoreSession:
         new: np.ndarray,
         pos: dict[str, int],
         info: dict[str, Any],
+        extra: dict[str, np.ndarray] | None = None,
     ) -> list[str]:
         """Journal, then write. Records of the state in force that are still ours and that this
-        fine-tune does not move get their originals back; their ids are returned."""
+        fine-tune does not move get their originals back; their ids are returned. ``extra``
+        arrays (the query-side adaptor) are kept with the new state."""
         old = state.row_of() if state is not None and state.active else {}
         moved = set(moved_ids)
         back = [i for i in old if i in read.held and i not in moved]
@@ -311,8 +360,9 @@ class StoreSession:
             if state is not None and state.active:
                 # Everything the last fine-tune wrote was changed or deleted by the user since.
                 state.mark("reverted", note="every journaled record was changed or deleted")
-            elif state is None:
-                # Nothing written: a state that says so (a later revert has nothing to undo).
+            if state is None or not state.active or extra:
+                # Nothing written: a state that says so (a later revert has nothing to undo
+                # in the store; it drops a query-side adaptor kept here).
                 empty = np.zeros((0, read.dim), dtype=np.float64)
                 FinetuneState.commit(
                     self.state_dir,
@@ -328,6 +378,7 @@ class StoreSession:
                         **info,
                     },
                     status="unchanged",
+                    extra=extra,
                 )
             return []
         d = read.dim
@@ -358,6 +409,7 @@ class StoreSession:
                 "n_moved": len(moved_ids),
                 **info,
             },
+            extra=extra,
         )
         # Records that already hold their target (an update that moves them the same way) are
         # journaled but not written again.
@@ -394,7 +446,6 @@ class StoreSession:
         journal.mark("applied")
         return back
 
-
     def revert(self, lock_timeout: float | None = 0.0) -> RevertReport:
         """Write the original vectors back wherever the store still holds one we wrote.
 
@@ -416,6 +467,13 @@ class StoreSession:
                 logger.warning("%s", note)
                 return RevertReport(0, 0.0, str(state_dir), note=note)
             if not state.active:
+                if state.status == "unchanged" and state.has(ADAPTOR_FILE):
+                    state.mark("reverted", note="the query-side adaptor was dropped")
+                    note = (
+                        "nothing was written to the store; the query-side adaptor was dropped "
+                        "(retrievers made from now on embed queries as the model does)"
+                    )
+                    return RevertReport(0, 0.0, str(state_dir), note=note, adaptor_dropped=True)
                 note = (
                     f"the fine-tuning state in {state_dir} is {state.status!r}: nothing to restore"
                 )
@@ -467,10 +525,10 @@ class StoreSession:
             changed_ids=changed,
             deleted_ids=deleted,
             mismatched_ids=mismatched,
+            adaptor_dropped=state.has(ADAPTOR_FILE) and not mismatched,
         )
         logger.info("%s", rep.summary())
         return rep
-
 
 
 _TOKEN_PID = re.compile(r"^process:[^:]+:(\d+)-")
@@ -491,7 +549,3 @@ def _live_process_owner(identity: str) -> int | None:
     except OSError:
         return pid
     return pid
-
-
-
-

@@ -58,6 +58,7 @@ __all__ = [
 FORMAT = 2
 _GEN = re.compile(r"^gen-(\d{6,})$")
 _FILES = ("ids.json", "originals.npy", "targets.npy", "priors.npy")
+_EXTRA = re.compile(r"^[a-z][a-z0-9_]*\.npy$")
 _NONE = "none"  # what CURRENT says before the first generation
 
 
@@ -373,11 +374,14 @@ class FinetuneState:
         priors: np.ndarray,
         manifest: dict[str, Any],
         status: str = "writing",
+        extra: dict[str, np.ndarray] | None = None,
     ) -> FinetuneState:
         """Write a new generation beside the one in force and switch to it atomically.
 
         Every file is written and fsynced in a temporary folder, the folder is renamed into
         place, then ``CURRENT`` is replaced. Older generations are removed afterwards.
+        ``extra``: more arrays kept with the generation (``name.npy``: the query-side adaptor's
+        weight), read back with :meth:`array`.
         """
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
@@ -402,13 +406,19 @@ class FinetuneState:
         for f in _FILES:
             _write_file(tmp / f, blobs[f])
             checkpoint("journal.file")
+        for f, a in (extra or {}).items():
+            if not _EXTRA.match(f) or f in _FILES:
+                msg = f"extra state file name {f!r}: expected a new 'name.npy'"
+                raise StateError(msg)
+            blobs[f] = _npy_bytes(np.ascontiguousarray(a))
+            _write_file(tmp / f, blobs[f])
         man = {
             **manifest,
             "format": FORMAT,
             "generation": number,
             "status": status,
             "n_ids": len(ids),
-            "sha256": {f: _sha(blobs[f]) for f in _FILES},
+            "sha256": {f: _sha(b) for f, b in blobs.items()},
             "updated": time.time(),
         }
         _write_file(tmp / "manifest.json", json.dumps(man, indent=2).encode("utf-8"))
@@ -431,6 +441,32 @@ class FinetuneState:
             arrays["targets.npy"],
             arrays["priors.npy"],
         )
+
+    def has(self, name: str) -> bool:
+        """Whether this generation keeps the extra array ``name`` (see :meth:`commit`)."""
+        return name not in _FILES and name in (self.manifest.get("sha256") or {})
+
+    def array(self, name: str) -> np.ndarray:
+        """An extra array of this generation, checked against its digest.
+
+        Raises:
+            StateError: It is missing or damaged.
+        """
+        import io
+
+        want = (self.manifest.get("sha256") or {}).get(name)
+        try:
+            blob = (self.generation / name).read_bytes()
+        except OSError as exc:
+            msg = f"fine-tuning state {self.generation}: {name} is missing ({exc})"
+            raise StateError(msg) from exc
+        if want is None or _sha(blob) != want:
+            msg = (
+                f"fine-tuning state {self.generation} is damaged: {name} does not match its digest"
+            )
+            raise StateError(msg)
+        out: np.ndarray = np.load(io.BytesIO(blob), allow_pickle=False)
+        return out
 
     def mark(self, status: str, **extra: Any) -> None:
         """Change this generation's status (one atomic replace of its manifest)."""

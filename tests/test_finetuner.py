@@ -181,7 +181,9 @@ def test_bad_inputs_raise_typed_errors(lc_store, tmp_path):
     ft = NudgeEmbeddingFinetuner(lc_store, state_dir=tmp_path / "st", gamma=0.1)
     with pytest.raises(DatasetError, match=r"train_queries: expected at least one query"):
         ft.finetune([])
-    with pytest.raises(DatasetError, match=r"train_queries\[0\]: expected a \(query text, relevant ids"):
+    with pytest.raises(
+        DatasetError, match=r"train_queries\[0\]: expected a \(query text, relevant ids"
+    ):
         ft.finetune([("only text",)])
     with pytest.raises(AnswerError, match="not in the langchain-inmemory store"):
         ft.finetune([("q about topic1", ["no-such-id"])])
@@ -271,27 +273,36 @@ def test_finetune_without_queries_generates_them_with_the_llm(lc_store, tmp_path
             f'"where is topic{d} discussed with alpha{(d + 1) % 7}?"]'
         )
 
+    before = snapshot(lc_store)
+    # A sample of 20 of the 60 chunks is too small to measure what the 40 others lose: refused
+    # before any LLM call (with method='nudge-n' nothing would bound that loss: refused too).
+    for method in ("auto", "nudge-n"):
+        with pytest.raises(ConfigError, match="max_chunks=20"):
+            NudgeEmbeddingFinetuner(
+                lc_store, llm=llm, state_dir=tmp_path / "st", max_chunks=20, method=method
+            ).finetune()
+    assert calls == [] and snapshot(lc_store) == before
+
     ft = NudgeEmbeddingFinetuner(
         lc_store,
         llm=llm,
         state_dir=tmp_path / "st",
-        max_chunks=20,
+        max_chunks=N_DOCS,  # a sample of all: no sampling
         query_cache=tmp_path / "q.jsonl",
     )
     ft.finetune()
-    assert len(calls) == 20  # one call per sampled chunk
+    assert len(calls) == N_DOCS  # one call per chunk
     ds = ft.generated
-    assert len(ds.queries) == 40 and len(ds.relevant_docs) == 40
-    assert ft.report.n_train + ft.report.n_val == 40
+    assert len(ds.queries) == 2 * N_DOCS and len(ds.relevant_docs) == 2 * N_DOCS
+    assert ft.report.n_train + ft.report.n_val == 2 * N_DOCS
     # a second run resumes from the cache: no new LLM call
     NudgeEmbeddingFinetuner(
         lc_store,
         llm=llm,
         state_dir=tmp_path / "st",
-        max_chunks=20,
         query_cache=tmp_path / "q.jsonl",
     ).finetune()
-    assert len(calls) == 20
+    assert len(calls) == N_DOCS
 
 
 def test_finetune_without_queries_or_llm_uses_the_offline_generator(lc_store, tmp_path):

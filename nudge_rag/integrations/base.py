@@ -45,6 +45,8 @@ class Pipeline:
         default_llm: The framework's configured LLM (LlamaIndex ``Settings.llm`` when set).
         expand_ids: Maps ids that are not record ids (LlamaIndex ``ref_doc_id``) to the record
             ids they stand for (None where the framework has no such ids).
+        adapts_queries: Whether ``make_retriever`` takes ``adaptor=`` (a
+            :class:`~nudge_rag.core.Adaptor` its retriever embeds queries through).
     """
 
     framework: str
@@ -55,6 +57,7 @@ class Pipeline:
     model_name: str = ""
     default_llm: Any = None
     expand_ids: Callable[[list[str]], dict[str, list[str]]] | None = None
+    adapts_queries: bool = False
 
 
 def model_name(model: Any) -> str:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+import numpy as np
+
 from nudge_rag._util import framework_of, from_class
 from nudge_rag.errors import ConfigError, require
 from nudge_rag.integrations.base import (
@@ -41,11 +43,12 @@ def pipeline(obj: Any, embed_model: Any = None, *, max_concurrency: int = 16) ->
         msg = f"embed_model for a LangChain store must be a LangChain Embeddings or one of ours; received {type(model).__name__}"
         raise ConfigError(msg)
 
-    def make_retriever(k: int | None, **kwargs: Any) -> Any:
+    def make_retriever(k: int | None, adaptor: Any = None, **kwargs: Any) -> Any:
         search_kwargs = dict(kwargs.pop("search_kwargs", None) or {})
         if k is not None:
             search_kwargs["k"] = k
-        return obj.as_retriever(search_kwargs=search_kwargs, **kwargs)
+        store = obj if adaptor is None else adapted_store(obj, adaptor)
+        return store.as_retriever(search_kwargs=search_kwargs, **kwargs)
 
     method = "aembed_documents" if _is_embeddings(model) else None
     return Pipeline(
@@ -55,7 +58,75 @@ def pipeline(obj: Any, embed_model: Any = None, *, max_concurrency: int = 16) ->
         make_retriever,
         document_embedder(model, method, max_concurrency),
         model_name(model),
+        adapts_queries=adapted_store(obj, None) is not None,
     )
+
+
+def adapted_store(store: Any, adaptor: Any) -> Any:
+    """A shallow copy of the LangChain ``store`` whose embeddings embed queries through
+    ``adaptor`` (:class:`~nudge_rag.core.Adaptor`): the same collection / table / index, searched
+    with adapted query vectors; documents are embedded as before. With ``adaptor=None``: whether
+    that can be done (the copy with the store's own embeddings, or None)."""
+    import copy
+
+    model = getattr(store, "embeddings", None)
+    if model is None:
+        return None
+    wrapped = model if adaptor is None else _adapted_embeddings_class()(model, adaptor)
+
+    def swap(obj: Any, depth: int) -> Any:
+        attrs = getattr(obj, "__dict__", None)
+        if attrs is None:
+            return None
+        dup = copy.copy(obj)
+        found = False
+        for name, value in list(attrs.items()):
+            if value is model:
+                object.__setattr__(dup, name, wrapped)
+                found = True
+            elif depth and not isinstance(value, (str, bytes, int, float, list, dict, tuple)):
+                inner = getattr(value, "__dict__", None)
+                if inner is not None and any(v is model for v in inner.values()):
+                    object.__setattr__(dup, name, swap(value, depth - 1))
+                    found = True
+        return dup if found else None
+
+    try:
+        dup = swap(store, 1)
+    except Exception:
+        return None
+    if dup is None or getattr(dup, "embeddings", None) is not wrapped:
+        return None
+    return dup
+
+
+@functools.cache
+def _adapted_embeddings_class() -> type:
+    from langchain_core.embeddings import Embeddings
+
+    class AdaptedQueryEmbeddings(Embeddings):
+        """Embeddings whose query vectors pass through a nudge_rag query adaptor."""
+
+        def __init__(self, inner: Any, adaptor: Any) -> None:
+            self.inner = inner
+            self.adaptor = adaptor
+
+        def _adapt(self, vec: Any) -> list[float]:
+            return [float(x) for x in self.adaptor.transform(np.asarray(vec, dtype=np.float32))]
+
+        def embed_documents(self, texts: list[str]) -> list[list[float]]:
+            return list(self.inner.embed_documents(texts))
+
+        def embed_query(self, text: str) -> list[float]:
+            return self._adapt(self.inner.embed_query(text))
+
+        async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
+            return list(await self.inner.aembed_documents(texts))
+
+        async def aembed_query(self, text: str) -> list[float]:
+            return self._adapt(await self.inner.aembed_query(text))
+
+    return AdaptedQueryEmbeddings
 
 
 def as_langchain_embeddings(embedder: Any) -> Any:

@@ -98,9 +98,12 @@ def pipeline(obj: Any, embed_model: Any = None, *, max_concurrency: int = 16) ->
         msg = f"embed_model for a LlamaIndex store must be a LlamaIndex BaseEmbedding or one of ours; received {type(model).__name__}"
         raise ConfigError(msg)
 
-    def make_retriever(k: int | None, **kwargs: Any) -> Any:
+    def make_retriever(k: int | None, adaptor: Any = None, **kwargs: Any) -> Any:
         if k is not None:
             kwargs["similarity_top_k"] = k
+        if adaptor is not None:
+            # the index's own retriever, with queries embedded through the adaptor
+            kwargs["embed_model"] = adapted_embedding(model, adaptor)
         if is_index:
             return obj.as_retriever(**kwargs)
         from llama_index.core import VectorStoreIndex
@@ -132,7 +135,54 @@ def pipeline(obj: Any, embed_model: Any = None, *, max_concurrency: int = 16) ->
         model_name(model),
         getattr(Settings, "_llm", None),
         expand,
+        adapts_queries=is_index or bool(getattr(obj, "stores_text", True)),
     )
+
+
+def adapted_embedding(model: Any, adaptor: Any) -> Any:
+    """``model`` as a LlamaIndex ``BaseEmbedding`` whose query side goes through ``adaptor``
+    (:class:`~nudge_rag.core.Adaptor`); the text side is the model's own."""
+    if not _is_base_embedding(model):
+        model = as_llamaindex_embedding(model)
+    return _adapted_class()(model, adaptor, model_name=f"{model.model_name}+adaptor")
+
+
+@functools.cache
+def _adapted_class() -> type:
+    from llama_index.core.base.embeddings.base import BaseEmbedding
+    from llama_index.core.bridge.pydantic import PrivateAttr
+
+    class AdaptedQueryEmbedding(BaseEmbedding):
+        """An embedding model whose query vectors pass through a nudge_rag query adaptor."""
+
+        _inner: Any = PrivateAttr()
+        _adaptor: Any = PrivateAttr()
+
+        def __init__(self, inner: Any, adaptor: Any, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self._inner = inner
+            self._adaptor = adaptor
+
+        @classmethod
+        def class_name(cls) -> str:
+            return "NudgeRagAdaptedQueryEmbedding"
+
+        def _adapt(self, vec: Any) -> list[float]:
+            return [float(x) for x in self._adaptor.transform(np.asarray(vec, dtype=np.float32))]
+
+        def _get_query_embedding(self, query: str) -> list[float]:
+            return self._adapt(self._inner.get_query_embedding(query))
+
+        async def _aget_query_embedding(self, query: str) -> list[float]:
+            return self._adapt(await self._inner.aget_query_embedding(query))
+
+        def _get_text_embedding(self, text: str) -> list[float]:
+            return list(self._inner.get_text_embedding(text))
+
+        def _get_text_embeddings(self, texts: list[str]) -> list[list[float]]:
+            return [list(v) for v in self._inner.get_text_embedding_batch(texts)]
+
+    return AdaptedQueryEmbedding
 
 
 def as_llamaindex_embedding(embedder: Any, *, model_name: str | None = None) -> Any:
@@ -270,7 +320,9 @@ async def allamaindex_retriever_evaluator(
     data = JudgedQueries.from_any(dataset, name="dataset", split=split)
     texts = data.texts
     if texts is None:
-        msg = "dataset: RetrieverEvaluator asks a retriever with query texts; these queries have none"
+        msg = (
+            "dataset: RetrieverEvaluator asks a retriever with query texts; these queries have none"
+        )
         raise ConfigError(msg)
     if isinstance(retriever, BaseRetriever) and id_key is None:
         li_retriever = retriever  # exactly what a LlamaIndex user would pass
