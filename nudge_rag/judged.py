@@ -119,9 +119,7 @@ def parse_relevance(value: Any, where: str) -> dict[str, float]:
     out: dict[str, float] = {}
     for d, g in items:
         if not _is_id(d):
-            _fail(
-                f"{where}: expected record ids as str or int, received {type(d).__name__} ({d!r:.40})"
-            )
+            _fail(f"{where}: expected record ids as str or int, received {type(d).__name__} ({d!r:.40})")
         if isinstance(g, bool) or not isinstance(g, numbers.Real):
             _fail(f"{where}: expected numeric relevance grades, received {g!r:.40} for id {d!r}")
         grade = float(g)
@@ -604,11 +602,7 @@ class JudgedQueries:
         }
         if self._mode is not None:
             data["mode"] = self._mode
-        graded = {
-            q: dict(r)
-            for q, r in zip(self._ids, self._rel, strict=True)
-            if set(r.values()) != {1.0}
-        }
+        graded = {q: dict(r) for q, r in zip(self._ids, self._rel, strict=True) if set(r.values()) != {1.0}}
         if graded:
             data["grades"] = graded
         return atomic_write_bytes(
@@ -627,56 +621,38 @@ def _checked_parts(
 ]:
     """The constructor's checks: ids, one relevance and text per query, a corpus of texts."""
     if isinstance(query_ids, str) or not isinstance(query_ids, Sequence):
-        _fail(
-            f"{name}: expected query_ids as a sequence of ids, received {type(query_ids).__name__}"
-        )
+        _fail(f"{name}: expected query_ids as a sequence of ids, received {type(query_ids).__name__}")
     for q in query_ids:
         if not _is_id(q):
-            _fail(
-                f"{name}: expected query ids as str or int, received {type(q).__name__} ({q!r:.40})"
-            )
+            _fail(f"{name}: expected query ids as str or int, received {type(q).__name__} ({q!r:.40})")
     ids = tuple(str(q) for q in query_ids)
     if len(set(ids)) != len(ids):
         seen: set[str] = set()
         dup = next(q for q in ids if q in seen or seen.add(q))  # type: ignore[func-returns-value]
         _fail(f"{name}: expected distinct query ids, received {dup!r} more than once")
-    if (
-        isinstance(relevance, str)
-        or not isinstance(relevance, Sequence)
-        or len(relevance) != len(ids)
-    ):
-        _fail(
-            f"{name}: expected relevance with one entry per query ({len(ids)}), received {_size(relevance)}"
-        )
+    if isinstance(relevance, str) or not isinstance(relevance, Sequence) or len(relevance) != len(ids):
+        _fail(f"{name}: expected relevance with one entry per query ({len(ids)}), received {_size(relevance)}")
     rels = []
     for qid, r in zip(ids, relevance, strict=True):
         grades = parse_relevance(r, f"{name}.relevance[{qid!r}]")
         if not grades:
-            _fail(
-                f"{name}: query {qid!r} has no relevant record (grade > 0); every query needs one"
-            )
+            _fail(f"{name}: query {qid!r} has no relevant record (grade > 0); every query needs one")
         rels.append(MappingProxyType(grades))
     text_tuple = None
     if texts is not None:
         if isinstance(texts, str) or not isinstance(texts, Sequence) or len(texts) != len(ids):
-            _fail(
-                f"{name}: expected texts with one entry per query ({len(ids)}), received {_size(texts)}"
-            )
+            _fail(f"{name}: expected texts with one entry per query ({len(ids)}), received {_size(texts)}")
         text_tuple = tuple(_text(t, f"{name}.texts[{i}]") for i, t in enumerate(texts))
     corp: dict[str, str] = {}
     for k, v in _dict_of(corpus if corpus is not None else {}, "corpus", name).items():
         if not _is_id(k) or not isinstance(v, str):
-            _fail(
-                f"{name}: expected corpus as record id -> text (str), received {k!r:.40}: {type(v).__name__}"
-            )
+            _fail(f"{name}: expected corpus as record id -> text (str), received {k!r:.40}: {type(v).__name__}")
         corp[str(k)] = v
     if corp:
         for qid, r in zip(ids, rels, strict=True):
             for d in r:
                 if d not in corp:
-                    _fail(
-                        f"{name}: relevant_docs[{qid!r}] names record {d!r}, which is not in corpus"
-                    )
+                    _fail(f"{name}: relevant_docs[{qid!r}] names record {d!r}, which is not in corpus")
     return ids, tuple(rels), text_tuple, MappingProxyType(corp)
 
 
