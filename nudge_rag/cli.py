@@ -55,7 +55,7 @@ def _cmd_finetune_beir(args: argparse.Namespace, folder: Path) -> int:
     if not_here := [opt for opt, val in given.items() if val is not None]:
         msg = f"{', '.join(not_here)} do(es) not apply to a BEIR folder, which is fine-tuned with the paper's protocol on its own judged queries"
         raise ConfigError(msg)
-    methods = ["nudge-n", "nudge-m"] if args.method in (None, "both") else [args.method]
+    methods = ["nudge-n", "nudge-m"] if args.method in (None, "both", "auto") else [args.method]
     model = sources.embedder_from(args.embed_model, not args.quiet)
     print(f"Fine-tuning {folder} with {args.embed_model if model else 'the local all-MiniLM-L6-v2'} (offline; embeddings cached).")  # fmt: skip
     run = sources.finetune_beir(folder, methods, objective=args.objective, embed_model=model, show_progress=not args.quiet)  # fmt: skip
@@ -90,7 +90,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     print(f"Fine-tuning {src.label}...", flush=True)
     run = src.finetune(
         train, eval_queries=held_out, k=args.k, state_dir=args.state_dir,
-        method=args.method or "nudge-n", gamma=args.gamma, objective=args.objective,
+        method=args.method or "auto", gamma=args.gamma, objective=args.objective,
         seed=args.seed, llm=llm, queries_per_chunk=args.queries_per_chunk,
         max_chunks=args.max_chunks, show_progress=not args.quiet,
     )  # fmt: skip
@@ -136,7 +136,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             print(f"plot written to {sources.plot_compared(cmp, args.plot, args.compare_to)}")
         result = cmp.to_dict()
     else:
-        res = src.evaluate(dataset, args.k, split=args.split)
+        res = src.evaluate(dataset, args.k, split=args.split, adaptor=src.adaptor_in_force())
         print(f"\n{res.summary()}")
         result = res.to_dict(per_query=False)
     if args.out:
@@ -316,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ft = cmd["finetune"]
     ft.add_argument("source", nargs="?", metavar="SOURCE", help=SOURCE_HELP + " (default: ../shared/data/scifact)")
-    ft.add_argument("--method", choices=["nudge-n", "nudge-m", "both"], help="NUDGE variant (default: both for a BEIR folder, nudge-n for a store)")
+    ft.add_argument("--method", choices=["auto", "nudge-n", "nudge-m", "both"], help="a store: auto (default: NUDGE-N, a query adaptor, both or nothing, chosen on held-out queries), nudge-n or nudge-m; a BEIR folder: nudge-n, nudge-m or both (default)")
     ft.add_argument("--gamma", type=_non_negative_float, help="fix γ instead of choosing it")
     ft.add_argument("--objective", default="top1", help="what γ is chosen by: top1 (the paper) or ndcg@10 (default: top1)")
     ft.add_argument("--queries", metavar="FILE", help="training queries (LlamaIndex EmbeddingQAFinetuneDataset JSON) instead of generating")

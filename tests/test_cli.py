@@ -919,5 +919,7 @@ def test_plot_gamma_panel_draws_the_state_curve_or_says_why_not(
     assert code == 0, err
     got, why = sources.state_curve(work / "nudge_store" / "nudge_state" / "docs")
     # the state now keeps the validation curve of a chosen γ: the panel draws it
-    assert why is None and got is not None and got.curve.objective == "top1"
+    assert (
+        why is None and got is not None and got.curve.objective == "ndcg@10"
+    )  # method auto: held-out NDCG@10 per γ
     assert len(got.curve.gammas) == len(got.curve.scores) > 1

@@ -302,7 +302,7 @@ class _Scorer:
         top = np.argsort(-allsc, axis=1, kind="stable")[:, :k]
         n_pool = allsc.shape[1] - fit.shape[1]
         ranked = np.where(top >= n_pool, top - n_pool, -1).astype(np.int64)
-        rel = np.zeros((h, records.shape[0] + 1))
+        rel = np.zeros((h, max(records.shape[0] + 1, k)))
         rel[self.held.query_of_answer, self.held.rows] = self.held.gains
         gains = np.where(ranked >= 0, np.take_along_axis(rel, np.maximum(ranked, 0), axis=1), 0.0)
         dcg = gains @ self.disc[:k]

@@ -146,10 +146,11 @@ class Source:
         return ds
 
     def _ranked(
-        self, queries: Any, k: int, vectors: dict[str, Any] | None
+        self, queries: Any, k: int, vectors: dict[str, Any] | None, adaptor: Any = None
     ) -> tuple[list[list[str]], set[str]]:
         """Top-``k`` ids per query vector by exact search with the store's similarity (the
-        vectors of ``vectors``' ids replaced by its values); also every id seen."""
+        vectors of ``vectors``' ids replaced by its values; queries through ``adaptor`` when
+        given); also every id seen."""
         import numpy as np
 
         from nudge_rag.core.topk import RunningTopK
@@ -167,6 +168,8 @@ class Source:
                 (list(p.ids), p.embeddings) for p in adapter.iter_pages(PAGE, with_documents=False)
             )
         q = np.asarray(queries, dtype=np.float64)
+        if adaptor is not None:
+            q = np.asarray(adaptor.transform(q), dtype=np.float64)
         if metric == "cosine":
             q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
         top = RunningTopK(len(q), k)  # ties: the earlier record first
@@ -201,6 +204,7 @@ class Source:
         name: str = "",
         split: str | None = None,
         vectors: dict[str, Any] | None = None,
+        adaptor: Any = None,
     ) -> EvaluationResult:
         """NDCG@k, Recall@k, MRR@k and hit rate of exact search over the source's vectors.
 
@@ -211,6 +215,9 @@ class Source:
             name: A label for the result.
             split: BEIR qrels split.
             vectors: id -> vector to use instead of the stored one (e.g. kept originals).
+            adaptor: A query-side :class:`~nudge_rag.core.Adaptor` queries go through (what
+                the finetuner's retriever does when ``method="auto"`` chose one; see
+                :meth:`adaptor_in_force`).
 
         Raises:
             DatasetError: No relevant id of the queries is in the store.
@@ -225,7 +232,7 @@ class Source:
             msg = "dataset: exact search embeds the query texts; these judged queries have none"
             raise ConfigError(msg)
         texts = sorted(set(data.texts))
-        ranked, seen = self._ranked(self.embedder.embed_queries(texts), k, vectors)
+        ranked, seen = self._ranked(self.embedder.embed_queries(texts), k, vectors, adaptor)
         relevant = set(data.relevant_ids())
         if not relevant & seen:
             msg = (
@@ -258,8 +265,22 @@ class Source:
         originals = {rid: state.originals[r] for r, rid in enumerate(state.ids)}
         targets = {rid: state.targets[r] for r, rid in enumerate(state.ids)}
         before = self.evaluate(dataset, k, name="before", split=split, vectors=originals)
-        after = self.evaluate(dataset, k, name="after", split=split, vectors=targets)
+        after = self.evaluate(
+            dataset, k, name="after", split=split, vectors=targets, adaptor=state_adaptor(state)
+        )
         return compare(before, after)
+
+    def adaptor_in_force(self, state_dir: str | os.PathLike[str] | None = None) -> Any:
+        """The query-side adaptor a fine-tune left in force for this store (None if none)."""
+        from nudge_rag.state import FinetuneState
+
+        where = Path(state_dir) if state_dir is not None else self.state_dir
+        if where is None or not Path(where).is_dir() or self.kind == "beir":
+            return None
+        state = FinetuneState.load(where)
+        if state is None or state.status not in ("applied", "unchanged"):
+            return None
+        return state_adaptor(state)
 
     # ------------------------------------------------------------------ writing
     def finetuner(
@@ -291,7 +312,7 @@ class Source:
         eval_queries: str | os.PathLike[str] | None = None,
         k: int = 10,
         state_dir: str | os.PathLike[str] | None = None,
-        method: Literal["nudge-n", "nudge-m"] = "nudge-n",
+        method: Literal["auto", "nudge-n", "nudge-m"] = "auto",
         gamma: float | None = None,
         objective: str = "top1",
         seed: int = 0,
@@ -331,7 +352,7 @@ class Source:
         rep = ft.report
         assert rep is not None
         cmp = None
-        if eval_queries is not None and rep.written:
+        if eval_queries is not None and (rep.written or rep.adaptor):
             cmp = self.compare(eval_queries, k, rep.state_dir)
         stats = getattr(ft.generated, "stats", None)
         if isinstance(train_queries, (str, os.PathLike)):
@@ -381,6 +402,16 @@ class Source:
         if state_dir is not None and Path(state_dir).resolve() != self._state_dir().resolve():
             args += ["--state-dir", shell_path(state_dir)]
         return args
+
+
+def state_adaptor(state: Any) -> Any:
+    """The query-side adaptor kept with a state generation, or None."""
+    from nudge_rag.core import Adaptor
+    from nudge_rag.session import ADAPTOR_FILE
+
+    if not state.has(ADAPTOR_FILE):
+        return None
+    return Adaptor(state.array(ADAPTOR_FILE).astype("float32"))
 
 
 def load_state(state_dir: Path) -> Any:
