@@ -138,7 +138,7 @@ def run_quickstart(section: str, tmp_path: Path) -> str:
 @pytest.mark.slow
 def test_llamaindex_quickstart_runs_as_written(tmp_path: Path) -> None:
     out = run_quickstart("LlamaIndex", tmp_path)
-    assert "nudge-n: γ=" in out and "records moved" in out  # the report's summary
+    assert "auto: γ=" in out and "records moved" in out and "chosen: " in out  # the summary
     assert "An answer from the retrieved context." in out  # the query engine answered
 
 

@@ -155,7 +155,8 @@ class Adaptor:
         out = q2 @ self.weight.T
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         out /= np.where(norms > 0, norms, 1.0)
-        return out[0] if single else out
+        res: np.ndarray = out[0] if single else out
+        return res
 
     def mix(self, alpha: float) -> Adaptor:
         """The partial map ``I + alpha (W - I)`` (0: identity, 1: this adaptor)."""
@@ -279,7 +280,7 @@ def _targets(qs: QuerySet, idx: np.ndarray, cols: np.ndarray | None, n_cols: int
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
     z = logits - logits.max(axis=1, keepdims=True)
-    p = np.exp(z)
+    p: np.ndarray = np.exp(z)
     p /= p.sum(axis=1, keepdims=True)
     return p
 
@@ -292,7 +293,8 @@ def _ce_grad(
     dl = (_softmax(scale * (u @ cand.T)) - tgt) / x.shape[0]  # d loss / d logits
     du = scale * (dl @ cand)
     dz = (du - np.sum(du * u, axis=1, keepdims=True) * u) / norm
-    return dz.T @ x
+    grad: np.ndarray = dz.T @ x
+    return grad
 
 
 def fit_adaptor(

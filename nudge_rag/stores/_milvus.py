@@ -66,10 +66,10 @@ _MAX_TOPK = 16384
 _LITE_CALL_BYTES = 256 * 1024  # vectors per Lite call (see the module docstring)
 _STRONG = "Strong"
 
-Docs = Callable[[dict], tuple[str | None, dict]]
+Docs = Callable[[dict[str, Any]], tuple[str | None, dict[str, Any]]]
 
 
-def _type_name(field: dict) -> str:
+def _type_name(field: dict[str, Any]) -> str:
     t = field.get("type")
     return str(getattr(t, "name", t))
 
@@ -179,7 +179,7 @@ class MilvusAdapter(VectorStoreAdapter):
         self._lite = lite
         self.exact_search = lite or self._index_type in _EXACT_INDEXES
 
-    def _index(self) -> dict:
+    def _index(self) -> dict[str, Any]:
         names = self._client.list_indexes(self._collection, field_name=self._vec)
         if not names:
             msg = (
@@ -214,7 +214,7 @@ class MilvusAdapter(VectorStoreAdapter):
         op = "not in" if negate else "in"
         return f"{self._pk} {op} [{', '.join(_literal(k) for k in keys)}]"
 
-    def _after(self, last: int | str | None, fields: list[str], limit: int) -> list[dict]:
+    def _after(self, last: int | str | None, fields: list[str], limit: int) -> list[dict[str, Any]]:
         """Up to ``limit`` entities whose primary key comes after ``last``, in key order.
 
         ``iterator`` / ``reduce_stop_for_best`` make Milvus return a query's hits sorted by
@@ -223,7 +223,7 @@ class MilvusAdapter(VectorStoreAdapter):
         quote never ends.
         """
         flt = "" if last is None else f"{self._pk} > {_literal(last)}"
-        rows: list[dict] = self._client.query(
+        rows: list[dict[str, Any]] = self._client.query(
             self._collection,
             filter=flt,
             output_fields=fields,
@@ -241,10 +241,10 @@ class MilvusAdapter(VectorStoreAdapter):
             return _MAX_TOPK
         return max(16, _LITE_CALL_BYTES // (4 * max(self._dim, 1)))
 
-    def _rows(self, ids: list[str], fields: list[str]) -> dict[str, dict]:
+    def _rows(self, ids: list[str], fields: list[str]) -> dict[str, dict[str, Any]]:
         """The entities with these ids (those found), keyed by our id."""
         by_key = {k: i for i in ids if (k := self._key(i)) is not None}
-        found: dict[str, dict] = {}
+        found: dict[str, dict[str, Any]] = {}
         keys = list(by_key)
         step = _ID_CHUNK if fields == [self._pk] else min(_ID_CHUNK, self._call_rows())
         for start in range(0, len(keys), step):
@@ -275,14 +275,16 @@ class MilvusAdapter(VectorStoreAdapter):
     def dim(self) -> int:
         return self._dim
 
-    def _to_page(self, ids: list[str], rows: list[dict], with_documents: bool) -> StorePage:
+    def _to_page(
+        self, ids: list[str], rows: list[dict[str, Any]], with_documents: bool
+    ) -> StorePage:
         if not ids:
             return empty_page(self._dim)
         emb = as_page_array([r[self._vec] for r in rows], self._dim, stored_as_float32=True)
         if not with_documents:
             return StorePage(ids, emb, [None] * len(ids), [{} for _ in ids])
         texts: list[str | None] = []
-        metas: list[dict] = []
+        metas: list[dict[str, Any]] = []
         for r in rows:
             entity = {k: v for k, v in r.items() if k != self._pk and k not in self._vector_fields}
             text, meta = self._docs(entity)
@@ -300,7 +302,7 @@ class MilvusAdapter(VectorStoreAdapter):
         fields = self._fields(with_documents)
         last: int | str | None = None
         while True:
-            rows: list[dict] = []
+            rows: list[dict[str, Any]] = []
             while len(rows) < page_size:  # a page past a call's size takes several calls
                 got = self._after(last, fields, min(page_size - len(rows), self._call_rows()))
                 rows.extend(got)
@@ -427,7 +429,7 @@ def llamaindex_entity_docs(text_key: str) -> Docs:
     """Text and metadata of a LlamaIndex node kept in a Milvus entity: the text field, and
     every other field (node bookkeeping and metadata) as metadata."""
 
-    def docs(entity: dict) -> tuple[str | None, dict]:
+    def docs(entity: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
         text = entity.get(text_key)
         meta = {k: v for k, v in entity.items() if k != text_key}
         return (text if isinstance(text, str) else None), meta
@@ -438,7 +440,7 @@ def llamaindex_entity_docs(text_key: str) -> Docs:
 def langchain_entity_docs(text_field: str, metadata_field: str | None) -> Docs:
     """Text and metadata of a LangChain document kept in a Milvus entity."""
 
-    def docs(entity: dict) -> tuple[str | None, dict]:
+    def docs(entity: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
         text = entity.get(text_field)
         if metadata_field:
             meta = dict(entity.get(metadata_field) or {})

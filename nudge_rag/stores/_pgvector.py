@@ -370,7 +370,7 @@ class PgVectorAdapter(VectorStoreAdapter):
         if not with_documents:
             return StorePage(ids, emb, [None] * len(ids), [{} for _ in ids])
         texts: list[str | None] = [r[3] for r in rows]
-        metas: list[dict] = []
+        metas: list[dict[str, Any]] = []
         for r in rows:
             meta = json.loads(r[4]) if r[4] else {}
             meta = dict(meta) if isinstance(meta, dict) else {"metadata": meta}
