@@ -738,7 +738,7 @@ def nudge_rag_auto(doc: np.ndarray, qs: QuerySet, seed: int = 0) -> Fitted:
         acc.update(part / np.linalg.norm(part, axis=1, keepdims=True))
     recs = doc[rows] / np.linalg.norm(doc[rows], axis=1, keepdims=True)
     ch = choose(recs, h, acc.result(), adaptor=True)
-    new, ad = choose_refit(recs, local, ch, n_fit=len(h.train))
+    new, ad = choose_refit(recs, local, ch)
     out = doc.copy()
     out[rows] = new
     return Fitted(out, ad, info={"chosen": ch.chosen.name})

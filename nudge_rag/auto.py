@@ -82,7 +82,7 @@ class ChoosesMethod:
             unit = normalize_rows(read.s_vecs, name="stored vectors")
             assert read.pool is not None
             choice = choose(unit, h, read.pool, adaptor=adapts)
-            new, adaptor = refit(unit, queries, choice, n_fit=len(h.train))
+            new, adaptor = refit(unit, queries, choice)
             times["fit"] = time.perf_counter() - t
             checkpoint("finetune.fit")
 

@@ -70,7 +70,9 @@ def test_llamaindex_chroma_keeps_the_core_gain(scifact, tmp_path):
     retriever = index.as_retriever(similarity_top_k=10)
     before = mean_ndcg(lambda q: [n.node.node_id for n in retriever.retrieve(q)], test)
     assert before == pytest.approx(base, abs=0.01)  # HNSW is approximate
-    ft = NudgeEmbeddingFinetuner(index, state_dir=tmp_path / "st", similarity_top_k=10)
+    ft = NudgeEmbeddingFinetuner(
+        index, method="nudge-n", state_dir=tmp_path / "st", similarity_top_k=10
+    )  # the store path must keep the core NUDGE-N gain
     tuned = ft.finetune(pairs)
     after = mean_ndcg(lambda q: [n.node.node_id for n in tuned.retrieve(q)], test)
     assert after - before >= 0.9 * core_gain, (before, after, core_gain, ft.report.summary())
@@ -101,7 +103,9 @@ def test_langchain_chroma_keeps_the_core_gain(scifact, tmp_path):
     retriever = store.as_retriever(search_kwargs={"k": 10})
     before = mean_ndcg(lambda q: [d.id for d in retriever.invoke(q)], test)
     assert before == pytest.approx(base, abs=0.01)  # HNSW is approximate
-    ft = NudgeEmbeddingFinetuner(store, state_dir=tmp_path / "st", similarity_top_k=10)
+    ft = NudgeEmbeddingFinetuner(
+        store, method="nudge-n", state_dir=tmp_path / "st", similarity_top_k=10
+    )  # the store path must keep the core NUDGE-N gain
     tuned = ft.finetune(pairs)
     after = mean_ndcg(lambda q: [d.id for d in tuned.invoke(q)], test)
     assert after - before >= 0.9 * core_gain, (before, after, core_gain, ft.report.summary())

@@ -18,8 +18,8 @@ to new questions. Which one helps depends on the data, so it is measured, not as
   least ``MIN_SENTINELS`` sentinel questions and at least ``MIN_UNCOVERED_SHARE`` of the store's
   records have no question: with every record covered there is nothing to protect); "nothing"
   unless a candidate beats it on ``V``;
-* **refit**: the winner's hyper-parameters fitted again on every question (NUDGE at the chosen γ;
-  the adaptor for as many optimiser steps as its chosen epoch took on ``T``).
+* **refit**: NUDGE-N fitted again on every question at the chosen γ; the adaptor is the one
+  chosen (retraining it on every question changed test numbers within noise, at twice the cost).
 
 Records outside the fitted ones are scored through a *pool*: per held-out question, its best
 ``POOL`` records among the others (by the original question vector), whatever the candidate. A
@@ -438,14 +438,13 @@ def refit(
     records: np.ndarray,
     queries: QuerySet,
     choice: Choice,
-    *,
-    n_fit: int,
-    config: AdaptorConfig = ADAPTOR_CONFIG,
 ) -> tuple[np.ndarray, Adaptor | None]:
-    """The chosen candidate fitted again on every question: (new records, adaptor or None).
+    """The chosen candidate applied with every question: (new records, adaptor or None).
 
-    The adaptor is trained for as many optimiser steps as its chosen epoch count took on the
-    ``n_fit`` fitting questions (``epochs × n_fit / len(queries)`` epochs, at least one).
+    NUDGE-N is fitted again on every question at the chosen γ (through the adaptor, for
+    "adaptor + NUDGE-N"). The adaptor is the one chosen on the held-out questions, not trained
+    again: retraining on every question for as many optimiser steps gave the same test numbers
+    within noise (``benchmarks/results/gains.md``, point 8) at twice the training time.
     """
     c = choice.chosen
     x = np.asarray(records, dtype=np.float32)
@@ -453,10 +452,15 @@ def refit(
         return x.copy(), None
     if c.kind == "nudge-n":
         return _nudge(x, queries, c.gamma), None
-    epochs = max(1, round(c.epochs * n_fit / max(len(queries), 1)))
-    pairs = [(j, a) for j, a in enumerate(queries.answers())]
-    ad = fit_adaptor(queries.embeddings, x, pairs, [], config, max_epochs=epochs)
-    ad = Adaptor(ad.weight, epochs, choice.baseline.val_ndcg, c.val_ndcg, (), ad.config)
+    assert c.weight is not None
+    ad = Adaptor(
+        np.asarray(c.weight, dtype=np.float32),
+        c.epochs,
+        choice.baseline.val_ndcg,
+        c.val_ndcg,
+        (),
+        dict(ADAPTOR_CONFIG.__dict__),
+    )
     if c.kind == "adaptor":
         return x.copy(), ad
     qa = QuerySet(ad.transform(queries.embeddings), queries.answers())
