@@ -18,7 +18,7 @@ import numpy as np
 from nudge_rag._faults import checkpoint
 from nudge_rag.core import Adaptor, QuerySet, ValidationCurve, normalize_rows
 from nudge_rag.core.choose import POOL, Choice, choose, hold_out, refit
-from nudge_rag.errors import StateError
+from nudge_rag.errors import ConfigError, StateError
 from nudge_rag.evaluation.metrics import MetricMeans, ranking_metrics
 from nudge_rag.judged import TrainingPairs
 from nudge_rag.reports import FinetuneReport
@@ -42,6 +42,10 @@ class ChoosesMethod:
     val_fraction: float
     seed: int
     lock_timeout: float | None
+    method: str
+    gamma: float | None
+    max_chunks: int | None
+    queries_per_chunk: int
 
     if TYPE_CHECKING:
 
@@ -160,6 +164,39 @@ class ChoosesMethod:
             sentinel_loss=losses,
             adaptor=adaptor is not None,
         )
+
+    def _check_sample(self, n_chunks: int) -> None:
+        """Refuse a ``max_chunks`` sample whose cost to the other chunks cannot be bounded.
+
+        Records outside the sample get no question; NUDGE moves the sampled ones toward their
+        questions, and questions about the others can then find the moved records first (on the
+        10-K chunks: more than 10 points of NDCG@10 lost). ``method="auto"`` measures and bounds
+        that loss with sentinel questions, which needs enough sampled chunks.
+        """
+        m = self.max_chunks
+        if m is None or m >= n_chunks:
+            return
+        from nudge_rag.core.choose import MIN_SENTINELS, SENTINEL_FRACTION
+
+        if self.method != "auto" or self.gamma is not None:
+            msg = (
+                f"max_chunks={m} writes questions for {m} of the {n_chunks} chunks; with "
+                f"method={self.method!r}" + (f" and gamma={self.gamma}" if self.gamma else "")
+                + " nothing bounds what the other chunks lose (their questions find the moved "
+                "records first). Use method='auto' with no fixed gamma (it measures and bounds "
+                "that loss), or max_chunks=None"
+            )  # fmt: skip
+            raise ConfigError(msg)
+        need = -(-MIN_SENTINELS // max(1, round(SENTINEL_FRACTION * self.queries_per_chunk * 10)))
+        need *= 10
+        if m < need:
+            msg = (
+                f"max_chunks={m} samples too few of the {n_chunks} chunks to measure what the "
+                f"others lose: at least {need} are needed at {self.queries_per_chunk} question(s) "
+                f"per chunk ({MIN_SENTINELS} held-out questions about {SENTINEL_FRACTION:.0%} of "
+                f"the sample). Pass max_chunks >= {need}, or max_chunks=None"
+            )
+            raise ConfigError(msg)
 
     def adaptor(self) -> Adaptor | None:
         """The query-side adaptor in force for this store (kept with its state), or None.

@@ -21,7 +21,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -53,6 +53,10 @@ from nudge_rag.state import (
     state_dir_for,
 )
 from nudge_rag.stores import StoreIdentity, VectorStoreAdapter, adapter_for
+
+if TYPE_CHECKING:
+    from nudge_rag.integrations.base import Retriever
+    from nudge_rag.querygen import GeneratedDataset
 
 __all__ = ["FinetuneReport", "NudgeEmbeddingFinetuner", "RevertReport", "as_training_pairs"]
 # as_training_pairs: nudge_rag.judged's, importable from here as before
@@ -164,7 +168,7 @@ class NudgeEmbeddingFinetuner(LearnsFromUse, ChoosesMethod):
     max_chunks: int | None = None
     query_cache: str | os.PathLike[str] | None = None
     report: FinetuneReport | None = field(default=None, init=False, repr=False)
-    generated: Any = field(default=None, init=False, repr=False)
+    generated: GeneratedDataset | None = field(default=None, init=False, repr=False)
     _adapter: VectorStoreAdapter = field(init=False, repr=False)
     _pipeline: Pipeline | None = field(default=None, init=False, repr=False)
     _feedback: FeedbackLog | None = field(default=None, init=False, repr=False)
@@ -210,7 +214,7 @@ class NudgeEmbeddingFinetuner(LearnsFromUse, ChoosesMethod):
         *,
         similarity_top_k: int | None = None,
         retriever_kwargs: Mapping[str, Any] | None = None,
-    ) -> Any:
+    ) -> Retriever | None:
         """Fine-tune the stored vectors on ``train_queries`` and return a retriever.
 
         Args:
@@ -242,7 +246,7 @@ class NudgeEmbeddingFinetuner(LearnsFromUse, ChoosesMethod):
         *,
         similarity_top_k: int | None = None,
         retriever_kwargs: Mapping[str, Any] | None = None,
-    ) -> Any:
+    ) -> Retriever | None:
         """Async twin of :meth:`finetune`, for applications that already run an event loop."""
         if train_queries is None:
             train_queries = await self.agenerate_queries()
@@ -395,7 +399,7 @@ class NudgeEmbeddingFinetuner(LearnsFromUse, ChoosesMethod):
             n_written=session.n_written,
         )
 
-    async def agenerate_queries(self) -> Any:
+    async def agenerate_queries(self) -> GeneratedDataset:
         """Write training queries for the stored chunks (``llm``, or the offline generator).
 
         Chunk ids are read first (vectors and texts are not kept), a seeded sample of
@@ -441,7 +445,7 @@ class NudgeEmbeddingFinetuner(LearnsFromUse, ChoosesMethod):
             # finetune() (or one after a crash) pays only for chunks it has not seen.
             cache = self.state_path / "queries.jsonl"
             cache.parent.mkdir(parents=True, exist_ok=True)
-        self.generated = await agenerate_queries(
+        generated: GeneratedDataset = await agenerate_queries(
             chunks,
             llm,
             queries_per_chunk=self.queries_per_chunk,
@@ -450,10 +454,11 @@ class NudgeEmbeddingFinetuner(LearnsFromUse, ChoosesMethod):
             cache_path=None if cache is None else str(cache),
             show_progress=self.show_progress,
         )
-        check_generated(self.generated, len(chunks))
-        return self.generated
+        check_generated(generated, len(chunks))
+        self.generated = generated
+        return generated
 
-    def retriever(self, similarity_top_k: int | None = None, **kwargs: Any) -> Any:
+    def retriever(self, similarity_top_k: int | None = None, **kwargs: Any) -> Retriever | None:
         """The framework's own retriever over the (fine-tuned) store.
 
         Args:
@@ -469,8 +474,9 @@ class NudgeEmbeddingFinetuner(LearnsFromUse, ChoosesMethod):
             return self._adapter
         adaptor = self.adaptor() if pipe.adapts_queries else None
         if adaptor is not None:
-            return pipe.make_retriever(k, adaptor=adaptor, **kwargs)
-        return pipe.make_retriever(k, **kwargs)
+            kwargs["adaptor"] = adaptor
+        made: Retriever | None = pipe.make_retriever(k, **kwargs)
+        return made
 
     async def aembed_queries(self, texts: Sequence[str]) -> np.ndarray:
         """Embed ``texts`` with the pipeline's query-side call (what training queries and
@@ -637,39 +643,6 @@ class NudgeEmbeddingFinetuner(LearnsFromUse, ChoosesMethod):
                 f"gives ~1.0). Training queries embedded by another model would move records "
                 "the wrong way: pass the store's own model as embed_model (or check_model=False "
                 "if its stored texts are not what was embedded)"
-            )
-            raise ConfigError(msg)
-
-    def _check_sample(self, n_chunks: int) -> None:
-        """Refuse a ``max_chunks`` sample whose cost to the other chunks cannot be bounded.
-
-        Records outside the sample get no question; NUDGE moves the sampled ones toward their
-        questions, and questions about the others can then find the moved records first (on the
-        10-K chunks: more than 10 points of NDCG@10 lost). ``method="auto"`` measures and bounds
-        that loss with sentinel questions, which needs enough sampled chunks.
-        """
-        m = self.max_chunks
-        if m is None or m >= n_chunks:
-            return
-        from nudge_rag.core.choose import MIN_SENTINELS, SENTINEL_FRACTION
-
-        if self.method != "auto" or self.gamma is not None:
-            msg = (
-                f"max_chunks={m} writes questions for {m} of the {n_chunks} chunks; with "
-                f"method={self.method!r}" + (f" and gamma={self.gamma}" if self.gamma else "")
-                + " nothing bounds what the other chunks lose (their questions find the moved "
-                "records first). Use method='auto' with no fixed gamma (it measures and bounds "
-                "that loss), or max_chunks=None"
-            )  # fmt: skip
-            raise ConfigError(msg)
-        need = -(-MIN_SENTINELS // max(1, round(SENTINEL_FRACTION * self.queries_per_chunk * 10)))
-        need *= 10
-        if m < need:
-            msg = (
-                f"max_chunks={m} samples too few of the {n_chunks} chunks to measure what the "
-                f"others lose: at least {need} are needed at {self.queries_per_chunk} question(s) "
-                f"per chunk ({MIN_SENTINELS} held-out questions about {SENTINEL_FRACTION:.0%} of "
-                f"the sample). Pass max_chunks >= {need}, or max_chunks=None"
             )
             raise ConfigError(msg)
 

@@ -18,6 +18,7 @@ from nudge_rag.judged import JudgedQueries
 
 if TYPE_CHECKING:
     from nudge_rag.integrations import Pipeline
+    from nudge_rag.integrations.base import Retriever
     from nudge_rag.stores import VectorStoreAdapter
 
 __all__ = ["LearnsFromUse"]
@@ -42,7 +43,7 @@ class LearnsFromUse:
             *,
             similarity_top_k: int | None = None,
             retriever_kwargs: Mapping[str, Any] | None = None,
-        ) -> Any: ...
+        ) -> Retriever | None: ...
 
     @property
     def feedback(self) -> FeedbackLog:
@@ -112,7 +113,7 @@ class LearnsFromUse:
         min_grade: float = 0.0,
         similarity_top_k: int | None = None,
         retriever_kwargs: Mapping[str, Any] | None = None,
-    ) -> Any:
+    ) -> Retriever | None:
         """Fine-tune again on everything the feedback log holds, from the original vectors.
 
         γ is chosen again on held-out feedback, and only records whose vector changes are

@@ -12,7 +12,7 @@ import asyncio
 import inspect
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -28,6 +28,17 @@ __all__ = [
 ]
 
 QueryEmbedder = Callable[[Sequence[str]], Awaitable[np.ndarray]]
+
+if TYPE_CHECKING:
+    from langchain_core.vectorstores import VectorStoreRetriever
+    from llama_index.core.base.base_retriever import BaseRetriever
+
+    from nudge_rag.stores import VectorStoreAdapter
+
+    #: What ``finetune()`` / ``retriever()`` hand back: the framework's own retriever
+    #: (LlamaIndex ``BaseRetriever``, LangChain ``VectorStoreRetriever``), or the store's adapter
+    #: for a store with no framework (a chromadb collection). Narrow it with ``isinstance``.
+    Retriever = BaseRetriever | VectorStoreRetriever | VectorStoreAdapter
 
 
 @dataclass
