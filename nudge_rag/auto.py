@@ -134,7 +134,11 @@ class ChoosesMethod:
         base = choice.baseline
         cands = {k.name: k.val_ndcg for k in [base, *choice.best_of_kind.values()] if k.kind}
         losses = (
-            {k.name: k.sentinel_loss(base)[0] for k in choice.best_of_kind.values()}
+            {
+                k.name: k.sentinel_loss(base)[0]
+                for k in choice.best_of_kind.values()
+                if k.kind != "none"
+            }
             if choice.sentinel_rule
             else {}
         )
