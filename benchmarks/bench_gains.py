@@ -716,7 +716,7 @@ def learner_plain(c: Corpus, log: list[Feedback]) -> Fitted:
     return Fitted(res.embeddings, info={"gamma": res.gamma})
 
 
-def nudge_rag_auto(doc: np.ndarray, qs: QuerySet, seed: int = 0) -> Fitted:
+def nudge_rag_auto(doc: np.ndarray, qs: QuerySet, seed: int = 0, adaptor: bool = True) -> Fitted:
     """What ``finetune()`` / ``update()`` do by default (``method="auto"``), in numpy: the
     choice of :mod:`nudge_rag.core.choose` on the fitted records, the pool from every other
     record (what a store scan gives), refit on every question."""
@@ -737,7 +737,7 @@ def nudge_rag_auto(doc: np.ndarray, qs: QuerySet, seed: int = 0) -> Fitted:
         part = doc[others[s : s + 4096]]
         acc.update(part / np.linalg.norm(part, axis=1, keepdims=True))
     recs = doc[rows] / np.linalg.norm(doc[rows], axis=1, keepdims=True)
-    ch = choose(recs, h, acc.result(), adaptor=True)
+    ch = choose(recs, h, acc.result(), adaptor=adaptor)
     new, ad = choose_refit(recs, local, ch)
     out = doc.copy()
     out[rows] = new
@@ -750,6 +750,15 @@ def learner_auto(c: Corpus, log: list[Feedback]) -> Fitted:
     if pos is None:
         return Fitted(c.doc)
     return nudge_rag_auto(c.doc, pos)
+
+
+def learner_auto_nudge(c: Corpus, log: list[Feedback]) -> Fitted:
+    """``ft.update()``'s refit: ``method="auto"`` without adaptor candidates (NUDGE-N or
+    nothing, γ and the sentinel rule on held-out feedback)."""
+    pos = _positives(c, log)
+    if pos is None:
+        return Fitted(c.doc)
+    return nudge_rag_auto(c.doc, pos, adaptor=False)
 
 
 def learner_finetuner(c: Corpus, log: list[Feedback]) -> Fitted:
@@ -1394,6 +1403,8 @@ def part_real(args: argparse.Namespace) -> list[Table]:
                 nidx["test"],
             )
         )
+    if args.real_cases:
+        cases = [cs for cs in cases if any(x in cs[0] for x in args.real_cases.split(","))]
     for label, c, tr, te in cases:
         row = {d: i for i, d in enumerate(c.doc_ids)}
         if t.rows:
@@ -1517,6 +1528,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--noise", choices=("add", "replace", "query"), default="add")
     ap.add_argument("--noise-seeds", default="0,1,2")
     ap.add_argument("--learners", default="", help="comma-separated substrings of learner names")
+    ap.add_argument(
+        "--real-cases", default="", help="comma-separated substrings of part real's cases"
+    )
     ap.add_argument("--out", type=Path, default=RESULTS / "gains")
     args = ap.parse_args(argv)
     args.seeds = [int(x) for x in args.seeds.split(",")]

@@ -214,6 +214,7 @@ class NudgeEmbeddingFinetuner(LearnsFromUse, ChoosesMethod):
         *,
         similarity_top_k: int | None = None,
         retriever_kwargs: Mapping[str, Any] | None = None,
+        method: Method | None = None,
     ) -> Retriever | None:
         """Fine-tune the stored vectors on ``train_queries`` and return a retriever.
 
@@ -224,6 +225,8 @@ class NudgeEmbeddingFinetuner(LearnsFromUse, ChoosesMethod):
                 ``llm`` (or the offline generator) first; see :meth:`agenerate_queries`.
             similarity_top_k: ``k`` of the returned retriever (overrides the constructor's).
             retriever_kwargs: Passed to the framework's ``as_retriever`` (see :meth:`retriever`).
+            method: This run's method instead of the constructor's (``"nudge-m"`` only if the
+                constructor's is ``"nudge-m"``: the store's metric was checked for it).
 
         Returns:
             The framework's own retriever over the fine-tuned store (LlamaIndex
@@ -237,6 +240,7 @@ class NudgeEmbeddingFinetuner(LearnsFromUse, ChoosesMethod):
                 train_queries,
                 similarity_top_k=similarity_top_k,
                 retriever_kwargs=retriever_kwargs,
+                method=method,
             )
         )
 
@@ -246,8 +250,15 @@ class NudgeEmbeddingFinetuner(LearnsFromUse, ChoosesMethod):
         *,
         similarity_top_k: int | None = None,
         retriever_kwargs: Mapping[str, Any] | None = None,
+        method: Method | None = None,
     ) -> Retriever | None:
         """Async twin of :meth:`finetune`, for applications that already run an event loop."""
+        run_method = self.method if method is None else method
+        if run_method not in ("auto", "nudge-n", "nudge-m") or (
+            run_method == "nudge-m" and self.method != "nudge-m"
+        ):
+            msg = f"method must be 'auto' or 'nudge-n' (or the constructor's); received {method!r}"
+            raise ConfigError(msg)
         if train_queries is None:
             train_queries = await self.agenerate_queries()
         pairs = JudgedQueries.from_any(train_queries, name="train_queries").to_pairs()
@@ -259,7 +270,7 @@ class NudgeEmbeddingFinetuner(LearnsFromUse, ChoosesMethod):
         t = time.perf_counter()
         q = np.asarray(await pipe.embed_queries([p[0] for p in pairs]))
         times["embed"] = time.perf_counter() - t
-        self.report = await asyncio.to_thread(self._finetune_locked, pairs, q, times)
+        self.report = await asyncio.to_thread(self._finetune_locked, pairs, q, times, run_method)
         logger.info("%s", self.report.summary())
         retriever = self.retriever(similarity_top_k, **dict(retriever_kwargs or {}))
         if retriever is None:
@@ -271,10 +282,10 @@ class NudgeEmbeddingFinetuner(LearnsFromUse, ChoosesMethod):
         return retriever
 
     def _finetune_locked(
-        self, pairs: TrainingPairs, q: np.ndarray, times: dict[str, float]
+        self, pairs: TrainingPairs, q: np.ndarray, times: dict[str, float], method: str
     ) -> FinetuneReport:
         """Everything that reads or writes the store or its state, under the store's lock."""
-        if self.method == "auto" and self.gamma is None:
+        if method == "auto" and self.gamma is None:
             return self._finetune_auto(pairs, q, times)
         s_ids = sorted({i for _, ans in pairs for i in ans})
         pos = {i: r for r, i in enumerate(s_ids)}

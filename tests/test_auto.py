@@ -29,6 +29,7 @@ from nudge_rag.core.choose import (
     choose,
     hold_out,
 )
+from nudge_rag.errors import ConfigError
 
 K = 10
 
@@ -326,3 +327,22 @@ def test_auto_with_few_questions_is_plain_nudge(tmp_path: Any) -> None:
     assert set(rep.candidates) <= {"nothing"} | {
         n for n in rep.candidates if n.startswith("NUDGE-N")
     }
+
+
+def test_update_refits_with_nudge_and_replaces_the_adaptor(tmp_path: Any) -> None:
+    """Feedback refits are NUDGE-N (robust to wrong confirmations): an adaptor an earlier
+    finetune() chose is dropped by the refit, and the report says NUDGE-N ran."""
+    data, train, _ = distorted()
+    store = langchain_store(data)
+    ft = NudgeEmbeddingFinetuner(store, state_dir=tmp_path / "s")
+    ft.finetune(data.pairs(train), similarity_top_k=K)
+    assert ft.report is not None and ft.report.adaptor and ft.adaptor() is not None
+    for text, ids in data.pairs(train):
+        ft.record(text, ids)
+    retriever = ft.update(similarity_top_k=K)
+    rep = ft.report
+    assert rep is not None and rep.method == "nudge-n" and not rep.adaptor and not rep.chosen
+    assert ft.adaptor() is None
+    assert retriever is not None and retriever.vectorstore is store  # no adapted copy
+    with pytest.raises(ConfigError, match="method"):
+        ft.finetune(data.pairs(train), method="nudge-m")  # the store was not checked for it
