@@ -1344,7 +1344,7 @@ def plot_chat(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig, ax = plt.subplots(figsize=(8, 6))
     for label, trace in curves.items():
         x = [p["queries"] for p in trace]
         y = [p["test_ndcg"] for p in trace]
@@ -1359,7 +1359,7 @@ def plot_chat(
     ax.set_xlabel("traffic queries served (feedback: relevant records seen in the top 10)")
     ax.set_ylabel("test NDCG@10")
     ax.set_title(f"Simulated chatbot, {name}: ft.update() after every 50 queries")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
