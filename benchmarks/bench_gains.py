@@ -44,6 +44,7 @@ from nudge_rag.core import (
     fit_adaptor,
     validation_split,
 )
+from nudge_rag.core.split import validation_positions
 from nudge_rag.errors import ConfigError
 from nudge_rag.experiment import evaluate_embeddings
 
@@ -241,26 +242,9 @@ def covered_split(
     c: Corpus, idx: np.ndarray, frac: float = 0.2, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
     """The finetuner's covered split of the questions ``idx`` (positions into c)."""
-    qs = c.qs(idx)
-    # validation_split returns subsets; recover positions by running its logic on row ids
-    tagged = QuerySet(qs.embeddings, qs.answers())
-    tr, va = validation_split(tagged, frac, seed=seed)
-    # positions: match by order (subset keeps order); rebuild with the same rule
-    n = len(qs)
-    target = max(1, round(frac * n))
-    counts = np.bincount(qs.rows, minlength=int(qs.rows.max()) + 1)
-    order = np.random.default_rng(seed).permutation(n)
-    held: list[int] = []
-    for j in order:
-        rows = qs.answer_rows(int(j))
-        if np.all(counts[rows] >= 2):
-            counts[rows] -= 1
-            held.append(int(j))
-            if len(held) == target:
-                break
-    mask = np.zeros(n, dtype=bool)
+    held = validation_positions(c.qs(idx), frac, seed=seed)
+    mask = np.zeros(len(idx), dtype=bool)
     mask[held] = True
-    assert len(va) == mask.sum() and len(tr) == (~mask).sum()
     return idx[~mask], idx[mask]
 
 
@@ -880,19 +864,11 @@ class ChatLearner:
 
 
 def _held_positions(qs: QuerySet, frac: float, seed: int = 0) -> list[int]:
-    """Positions ``validation_split`` holds out (same rule, same seed)."""
-    n = len(qs)
-    target = max(1, round(frac * n))
-    counts = np.bincount(qs.rows, minlength=int(qs.rows.max()) + 1)
-    held: list[int] = []
-    for j in np.random.default_rng(seed).permutation(n):
-        rows = qs.answer_rows(int(j))
-        if np.all(counts[rows] >= 2):
-            counts[rows] -= 1
-            held.append(int(j))
-            if len(held) == target:
-                break
-    return sorted(held)
+    """Positions ``validation_split`` holds out (none where it cannot hold any out)."""
+    try:
+        return validation_positions(qs, frac, seed=seed).tolist()
+    except ConfigError:
+        return []
 
 
 # =============================================================================================

@@ -124,13 +124,8 @@ class ChoosesMethod:
                 "no candidate (NUDGE-N, a query-side adaptor, both) improved the held-out "
                 "questions, so the store keeps its original vectors",
             )
-        if (moved_ids or restored) and not ident.durable:
-            note = _join(
-                note,
-                f"this {self._adapter.name} store has no identity that outlives this process: "
-                "to revert it after a restart, pass store_id= (a name of yours) or persist_dir= "
-                "(where you save it), the same on every run",
-            )
+        if moved_ids or restored:
+            note = _join(note, session.identity_note())
         base = choice.baseline
         cands = {k.name: k.val_ndcg for k in [base, *choice.best_of_kind.values()] if k.kind}
         losses = (
@@ -224,7 +219,7 @@ class ChoosesMethod:
 
 
 def _join(a: str, b: str) -> str:
-    return f"{a}\n{b}" if a else b
+    return f"{a}\n{b}" if a and b else a or b
 
 
 def _metrics(ranked: np.ndarray, val: QuerySet) -> MetricMeans | None:

@@ -381,12 +381,8 @@ class NudgeEmbeddingFinetuner(LearnsFromUse, ChoosesMethod):
                 },
             )
             times["write"] = time.perf_counter() - t
-        if (moved_ids or restored) and not ident.durable:
-            note = (note + "\n" if note else "") + (
-                f"this {self._adapter.name} store has no identity that outlives this process: "
-                "to revert it after a restart, pass store_id= (a name of yours) or persist_dir= "
-                "(where you save it), the same on every run"
-            )
+        if (moved_ids or restored) and session.identity_note():
+            note = (note + "\n" if note else "") + session.identity_note()
         return FinetuneReport(
             method="nudge-m" if self.method == "nudge-m" else "nudge-n",
             gamma=res.gamma if moved_ids else 0.0,

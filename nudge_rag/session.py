@@ -122,6 +122,16 @@ class StoreSession:
             )
             raise StateError(msg)
 
+    def identity_note(self) -> str:
+        """What a report says after writing to a store whose identity dies with this process."""
+        if self.identity.durable:
+            return ""
+        return (
+            f"this {self.adapter.name} store has no identity that outlives this process: "
+            "to revert it after a restart, pass store_id= (a name of yours) or persist_dir= "
+            "(where you save it), the same on every run"
+        )
+
     def tolerance(self) -> float:
         # Stores that renormalise what is written hand back the written vector to ~1e-7.
         return 1e-6 if self.adapter.normalizes_on_write else 0.0

@@ -346,3 +346,25 @@ def test_update_refits_with_nudge_and_replaces_the_adaptor(tmp_path: Any) -> Non
     assert retriever is not None and retriever.vectorstore is store  # no adapted copy
     with pytest.raises(ConfigError, match="method"):
         ft.finetune(data.pairs(train), method="nudge-m")  # the store was not checked for it
+
+
+def test_a_damaged_adaptor_is_an_error_not_another_retriever(tmp_path: Any) -> None:
+    from nudge_rag.errors import StateError
+    from nudge_rag.session import ADAPTOR_FILE
+    from nudge_rag.state import FinetuneState
+
+    data, train, _ = distorted()
+    store = langchain_store(data)
+    ft = NudgeEmbeddingFinetuner(store, state_dir=tmp_path / "s")
+    ft.finetune(data.pairs(train), similarity_top_k=K)
+    assert ft.report is not None and ft.report.adaptor
+    state = FinetuneState.load(tmp_path / "s")
+    assert state is not None and state.has(ADAPTOR_FILE)
+    path = state.generation / ADAPTOR_FILE
+    blob = bytearray(path.read_bytes())
+    blob[-1] ^= 0xFF  # one bit pattern of the weight changed
+    path.write_bytes(bytes(blob))
+    with pytest.raises(StateError, match=r"adaptor\.npy does not match its digest"):
+        ft.adaptor()
+    with pytest.raises(StateError, match="digest"):
+        ft.retriever(K)

@@ -284,11 +284,18 @@ class Choice:
 class _Scorer:
     """NDCG@10 of held-out questions over the fitted records (exact) and the pool."""
 
-    def __init__(self, held: QuerySet, pool: Pool, k: int = K) -> None:
+    def __init__(self, held: QuerySet, pool: Pool, n_records: int, k: int = K) -> None:
         self.held = held
         self.pool = pool
         self.k = k
         self.disc = 1.0 / np.log2(np.arange(2, k + 2))
+        # graded relevance per (question, fitted record), and each question's ideal DCG: the
+        # same for every candidate
+        self.rel = np.zeros((len(held), max(n_records + 1, k)))
+        self.rel[held.query_of_answer, held.rows] = held.gains
+        width = pool.vectors.shape[1] + pool.shared.shape[0] + n_records
+        self.k_eff = min(k, width)
+        self.ideal = -np.sort(-self.rel, axis=1)[:, : self.k_eff] @ self.disc[: self.k_eff]
 
     def __call__(self, q: np.ndarray, records: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         h = len(self.held)
@@ -296,17 +303,15 @@ class _Scorer:
             return np.zeros(0), np.zeros((0, self.k), np.int64)
         fit = (np.asarray(q, np.float32) @ np.asarray(records, np.float32).T).astype(np.float32)
         allsc = np.concatenate([self.pool.scores(q), fit], axis=1)
-        k = min(self.k, allsc.shape[1])
+        k = self.k_eff
         # a full stable sort: ties (duplicate records) are broken by column, pool first, then
         # fitted records in their order, whatever the pool's width (scan and search agree)
         top = np.argsort(-allsc, axis=1, kind="stable")[:, :k]
         n_pool = allsc.shape[1] - fit.shape[1]
         ranked = np.where(top >= n_pool, top - n_pool, -1).astype(np.int64)
-        rel = np.zeros((h, max(records.shape[0] + 1, k)))
-        rel[self.held.query_of_answer, self.held.rows] = self.held.gains
-        gains = np.where(ranked >= 0, np.take_along_axis(rel, np.maximum(ranked, 0), axis=1), 0.0)
-        dcg = gains @ self.disc[:k]
-        ideal = -np.sort(-rel, axis=1)[:, :k] @ self.disc[:k]
+        picked = np.take_along_axis(self.rel, np.maximum(ranked, 0), axis=1)
+        dcg = np.where(ranked >= 0, picked, 0.0) @ self.disc[:k]
+        ideal = self.ideal
         ndcg = np.where(ideal > 0, dcg / np.where(ideal > 0, ideal, 1.0), 0.0)
         if k < self.k:
             ranked = np.pad(ranked, ((0, 0), (0, self.k - k)), constant_values=-1)
@@ -354,7 +359,7 @@ def choose(
         msg = f"pool has {pool.vectors.shape[0]} questions; {len(held)} are held out"
         raise ShapeError(msg)
     nv = len(h.val)
-    score = _Scorer(held, pool)
+    score = _Scorer(held, pool, x.shape[0])
     qh = held.embeddings
     cands: list[Candidate] = []
 

@@ -9,7 +9,7 @@ import numpy as np
 from nudge_rag.core.queries import QuerySet
 from nudge_rag.errors import ConfigError
 
-__all__ = ["validation_split"]
+__all__ = ["validation_positions", "validation_split"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +34,14 @@ def validation_split(
     Raises:
         ConfigError: ``fraction`` is not in (0, 1), or no query can be held out.
     """
+    held = validation_positions(queries, fraction, seed=seed)
+    mask = np.zeros(len(queries), dtype=bool)
+    mask[held] = True
+    return queries.subset(np.flatnonzero(~mask)), queries.subset(held)
+
+
+def validation_positions(queries: QuerySet, fraction: float = 0.2, *, seed: int = 0) -> np.ndarray:
+    """The positions :func:`validation_split` holds out, increasing (same rule, same errors)."""
     if not 0.0 < fraction < 1.0:
         msg = f"validation fraction must be in (0, 1); received {fraction}"
         raise ConfigError(msg)
@@ -64,6 +72,4 @@ def validation_split(
             len(held),
             target,
         )
-    mask = np.zeros(n, dtype=bool)
-    mask[held] = True
-    return queries.subset(np.flatnonzero(~mask)), queries.subset(np.sort(np.asarray(held)))
+    return np.sort(np.asarray(held, dtype=np.int64))
