@@ -383,6 +383,56 @@ def test_milvus_ids_with_quotes_and_int_keys(milvus_uri: str) -> None:
     client.close()
 
 
+def test_milvus_lite_cuts_reads_and_upserts_into_calls_and_writes_every_row(
+    milvus_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lite's reads go in small calls and its upserts in larger ones (measured: an upsert's
+    cost per call grows with the collection); a batch cut into several calls still writes every
+    vector, and only the vector."""
+    from pymilvus import DataType, MilvusClient
+
+    from nudge_rag.stores import _milvus
+    from nudge_rag.stores._milvus import MilvusAdapter
+
+    client = MilvusClient(milvus_uri)
+    x, y = unit_rows(8, 40, 8), unit_rows(9, 40, 8)
+    name = table_name("calls")
+    schema = client.create_schema(auto_id=False, enable_dynamic_field=True)
+    schema.add_field("pk", DataType.VARCHAR, is_primary=True, max_length=20)
+    schema.add_field("vec", DataType.FLOAT_VECTOR, dim=8)
+    index = client.prepare_index_params()
+    index.add_index("vec", index_type="FLAT", metric_type="IP")
+    client.create_collection(name, schema=schema, index_params=index)
+    ids = [f"r{i:02d}" for i in range(40)]
+    client.insert(
+        name,
+        [{"pk": i, "vec": v.tolist(), "n": j} for j, (i, v) in enumerate(zip(ids, x, strict=True))],
+    )
+    adapter = MilvusAdapter(client, name)
+    assert adapter._call_rows() == 256 * 1024 // 32
+    assert adapter._call_rows(upsert=True) == 1536 * 1024 // 32
+
+    sizes: list[int] = []
+    upsert = client.upsert
+
+    def counted(collection: str, data: list[dict[str, Any]], **kw: Any) -> Any:
+        sizes.append(len(data))
+        return upsert(collection, data, **kw)
+
+    monkeypatch.setattr(client, "upsert", counted)
+    adapter.write_vectors(ids, y, batch_size=40)
+    assert sizes == [40]  # one batch, one call
+    monkeypatch.setattr(_milvus, "_LITE_UPSERT_BYTES", 1)
+    monkeypatch.setattr(_milvus, "_LITE_CALL_BYTES", 1)
+    sizes.clear()
+    adapter.write_vectors(ids[::-1], x[::-1], batch_size=40)
+    assert sizes == [16, 16, 8]  # at least 16 rows per call
+    page = adapter.get(ids)
+    assert np.array_equal(page.embeddings, x)
+    assert [m["n"] for m in page.metadatas] == list(range(40))
+    client.close()
+
+
 # -- LanceDB ----------------------------------------------------------------------------------
 
 
