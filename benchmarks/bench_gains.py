@@ -214,6 +214,31 @@ def finetuner_default(doc: np.ndarray, train: QuerySet) -> Fitted:
     return Fitted(nudge(doc, train, res.gamma), info={"gamma": res.gamma, "val": (before, after)})
 
 
+def finetuner_bagged(
+    doc: np.ndarray, train: QuerySet, seeds: Sequence[int] = (0, 1, 2, 3, 4)
+) -> Fitted:
+    """The finetuner's defaults with γ chosen on several covered splits: γ = the median of the γ
+    chosen (top-1) on each split's held-out queries; nothing when the mean NDCG@10 change of
+    those held-out queries is negative (the guard); refit on all."""
+    gammas, gains = [], []
+    for s in seeds:
+        model = NudgeN(val_fraction=0.2, seed=s)
+        try:
+            tr, va = model.split(train)
+        except ConfigError:
+            continue
+        res = model.fit(doc, tr, va)
+        assert res.embeddings is not None
+        gammas.append(res.gamma)
+        gains.append(score(Fitted(res.embeddings), va)[0] - score(Fitted(doc), va)[0])
+    if not gammas:
+        return Fitted(doc, info={"gamma": 0.0, "note": "no covered split"})
+    g = float(np.median(gammas))
+    if g <= 0 or float(np.mean(gains)) < -1e-12:
+        return Fitted(doc, info={"gamma": 0.0, "gammas": tuple(gammas)})
+    return Fitted(nudge(doc, train, g), info={"gamma": g, "gammas": tuple(gammas)})
+
+
 def llamaindex_adaptor(doc: np.ndarray, train: QuerySet, val: QuerySet) -> Adaptor:
     """The LlamaIndex ``EmbeddingAdapterFinetuneEngine`` model as the issue measured it: W = I,
     in-batch negatives, batch 10, Adam lr 1e-3, epochs chosen on validation NDCG@10."""
@@ -753,6 +778,108 @@ def learner_finetuner(c: Corpus, log: list[Feedback]) -> Fitted:
     return finetuner_default(c.doc, pos)
 
 
+def learner_bagged(c: Corpus, log: list[Feedback]) -> Fitted:
+    """:func:`finetuner_bagged` (γ = median over 5 covered splits) on the feedback."""
+    pos = _positives(c, log)
+    if pos is None:
+        return Fitted(c.doc)
+    return finetuner_bagged(c.doc, pos)
+
+
+def covered_share(log: list[Feedback], tail: float = 0.5, unconfirmed: bool = True) -> float:
+    """Share of the last ``tail`` of the traffic whose confirmed records were all confirmed by an
+    earlier query (log order); ``unconfirmed``: queries with no confirmation count as not
+    covered (else they are left out)."""
+    seen: set[int] = set()
+    flags: list[bool] = []
+    for f in log:
+        if f.confirmed:
+            flags.append(all(r in seen for r in f.confirmed))
+            seen.update(f.confirmed)
+        elif unconfirmed:
+            flags.append(False)
+    return float(np.mean(flags[int(len(flags) * (1 - tail)) :])) if flags else 0.0
+
+
+def future_gamma_learner(*, unconfirmed: bool = True) -> Learner:
+    """NUDGE-N at the γ (or nothing) that maximises an estimate of NDCG@10 over future traffic:
+    c · NDCG(covered validation questions) + (1 − c) · NDCG(sentinel questions), c from
+    :func:`covered_share`; held-out split, sentinels and pool of :mod:`nudge_rag.core.choose`."""
+    from nudge_rag.core.choose import POOL, PoolAccumulator, choose, hold_out
+    from nudge_rag.core.choose import refit as choose_refit
+
+    def learn(c: Corpus, log: list[Feedback]) -> Fitted:
+        pos = _positives(c, log)
+        if pos is None:
+            return Fitted(c.doc)
+        rows = np.unique(pos.rows)
+        at = np.full(c.doc.shape[0], -1, dtype=np.int64)
+        at[rows] = np.arange(rows.size)
+        local = QuerySet(
+            pos.embeddings, [{int(at[r]): g for r, g in a.items()} for a in pos.answers()]
+        )
+        try:
+            h = hold_out(local, uncovered_share=1 - rows.size / c.doc.shape[0])
+        except ConfigError:
+            return Fitted(c.doc, info={"gamma": 0.0})
+        others = np.setdiff1d(np.arange(c.doc.shape[0]), rows)
+        acc = PoolAccumulator(h.held.embeddings, POOL)
+        acc.update(c.doc[others] / np.linalg.norm(c.doc[others], axis=1, keepdims=True))
+        recs = c.doc[rows] / np.linalg.norm(c.doc[rows], axis=1, keepdims=True)
+        ch = choose(recs, h, acc.result(), adaptor=False)
+        share = covered_share(log, unconfirmed=unconfirmed)
+
+        def future(k: Any) -> float:
+            if not len(h.sentinels):
+                return float(k.val_ndcg)
+            return share * k.val_ndcg + (1 - share) * float(k.sentinel_ndcg.mean())
+
+        ch.chosen = max([ch.baseline, *ch.curve], key=lambda k: (future(k), k.kind == "none"))
+        new, _ = choose_refit(recs, local, ch)
+        out = c.doc.copy()
+        out[rows] = new
+        return Fitted(out, info={"gamma": ch.chosen.gamma, "c": round(share, 3)})
+
+    return learn
+
+
+def oracle_learner(test: QuerySet, *, adaptor: bool = False) -> Learner:
+    """Diagnostic, not a method: after every batch, NUDGE-N at the γ of the grid that is best on
+    the TEST queries (the ceiling of NUDGE-N refit loops on this feedback). ``adaptor``: also a
+    query-side adaptor trained on all feedback (``ADAPTOR_CONFIG``, no validation), its epoch
+    (0, 10, 20, 40, 70, 100) chosen on the TEST queries with γ in {0, .08, .12, .16, .2, .24}."""
+    from nudge_rag.core.choose import ADAPTOR_CONFIG
+
+    def learn(c: Corpus, log: list[Feedback]) -> Fitted:
+        pos = _positives(c, log)
+        if pos is None:
+            return Fitted(c.doc)
+        if not adaptor:
+            fits = {float(g): Fitted(nudge(c.doc, pos, float(g))) for g in GRID}
+            g = max(fits, key=lambda x: score(fits[x], test)[0])
+            return Fitted(fits[g].doc, info={"gamma": g})
+        weights: dict[int, np.ndarray | None] = {0: None}
+
+        def keep(ep: int, w: np.ndarray) -> None:
+            if ep in (10, 20, 40, 70, 100):
+                weights[ep] = w
+
+        tp = [(j, a) for j, a in enumerate(pos.answers())]
+        fit_adaptor(pos.embeddings, c.doc, tp, [], ADAPTOR_CONFIG, on_epoch=keep)
+        best: tuple[float, Fitted] = (-1.0, Fitted(c.doc))
+        for ep, w in weights.items():
+            ad = None if w is None else Adaptor(w)
+            qa = pos if ad is None else QuerySet(ad.transform(pos.embeddings), pos.answers())
+            for g in (0.0, 0.08, 0.12, 0.16, 0.2, 0.24):
+                f = Fitted(nudge(c.doc, qa, g), ad, info={"gamma": g, "adaptor_epochs": ep})
+                v = score(f, test)[0]
+                if v > best[0]:
+                    best = (v, f)
+        return best[1]
+
+    return learn
+
+
 def signed_queries(
     c: Corpus, log: list[Feedback], *, beta: float, negatives: str, q: np.ndarray | None = None
 ) -> QuerySet | None:
@@ -1213,6 +1340,26 @@ def part_chat(args: argparse.Namespace) -> list[Table]:
                 True,
             ),
             "finetuner defaults (refit, guard) on all confirmed so far": (learner_finetuner, True),
+            "finetuner defaults with γ = median of the γ chosen on 5 covered splits (seeds 0-4), guard on their mean": (
+                learner_bagged,
+                True,
+            ),
+            "γ maximising c × NDCG(covered validation) + (1 − c) × NDCG(sentinels), c = share of later traffic whose confirmations were covered before (unconfirmed queries count as uncovered)": (
+                future_gamma_learner(),
+                True,
+            ),
+            "γ maximising c × NDCG(covered validation) + (1 − c) × NDCG(sentinels), c over confirmed traffic only": (
+                future_gamma_learner(unconfirmed=False),
+                True,
+            ),
+            "diagnostic: γ chosen on the TEST queries after every batch (ceiling of NUDGE-N loops, not a method)": (
+                oracle_learner(test),
+                False,
+            ),
+            "diagnostic: adaptor epoch and γ chosen on the TEST queries after every batch (ceiling of adaptor + NUDGE-N loops, not a method)": (
+                oracle_learner(test, adaptor=True),
+                False,
+            ),
             "γ chosen on held-out feedback by NDCG@10, refit": (ChatLearner(), True),
             "+ unconfirmed impressions ranked above a confirmation as negatives (β on held-out feedback)": (
                 ChatLearner(betas=(0.0, 0.25, 0.5, 1.0), negatives="above"),
@@ -1305,7 +1452,7 @@ def part_chat(args: argparse.Namespace) -> list[Table]:
             t.curves = curves
         t.notes.append(
             f"Wrong confirmations: model '{args.noise}' (see `confirmations`); noise seeds {args.noise_seeds} "
-            "for the first three loops (mean shown), the first seed for the others."
+            "for the loops whose row shows ndcg_per_seed (mean shown), the first seed for the others."
         )
         tables.append(t)
     return tables
