@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import subprocess
@@ -7,6 +8,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -173,6 +175,39 @@ def milvus_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         if str(path) in alias:
             connections.disconnect(alias)
     server_manager_instance.release_server(str(path))
+
+
+@pytest.fixture(scope="session")
+def milvus_server_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Milvus standalone server for the session (the ``milvus`` package: Milvus 2.3 with
+    embedded etcd and local storage, HNSW indexes, no Lite shortcuts), data in a temp folder."""
+    pytest.importorskip("pymilvus")
+    milvus = pytest.importorskip("milvus")
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        if sock.connect_ex(("127.0.0.1", 2380)) == 0:
+            # Its embedded etcd's peer port is fixed: one such server per machine at a time.
+            pytest.skip("port 2380 is taken (another embedded Milvus server or etcd runs here)")
+    port = free_port()
+    server = milvus.default_server
+    server.set_base_dir(str(tmp_path_factory.mktemp("milvus-server")))
+    server.listen_port = port
+    with warnings.catch_warnings():
+        # It probes ports for its etcd and internal services and leaves the sockets of busy
+        # ones unclosed (a ResourceWarning when they are collected): collected here, silenced.
+        warnings.simplefilter("ignore", ResourceWarning)
+        server.start()  # returns once the server answers
+        gc.collect()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        from pymilvus import connections
+
+        for alias, _ in connections.list_connections():
+            if str(port) in alias:
+                connections.disconnect(alias)
+        server.stop()
 
 
 def clustered_problem(

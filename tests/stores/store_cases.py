@@ -220,6 +220,41 @@ def _server_case(key: str, request: pytest.FixtureRequest) -> Case:
             )
 
         return _langchain_case(key, build, "langchain-milvus", "l2", False)
+    if key == "llamaindex-milvus-server-hnsw-ip":
+        pytest.importorskip("llama_index.vector_stores.milvus")
+        from llama_index.vector_stores.milvus import MilvusVectorStore
+
+        vs = MilvusVectorStore(
+            uri=request.getfixturevalue("milvus_server_uri"),
+            collection_name=table_name("lis"),
+            dim=DIM,
+            index_config={"index_type": "HNSW", "params": {"M": 16, "efConstruction": 64}},
+            similarity_metric="IP",
+            use_async_client=False,
+        )
+        return _llamaindex_case(key, vs, "llamaindex-milvus", "dot", False)
+    if key == "langchain-milvus-server-hnsw-cosine":
+        pytest.importorskip("langchain_milvus")
+        from langchain_milvus import Milvus
+
+        uri = request.getfixturevalue("milvus_server_uri")
+
+        def build_server(texts: Any, emb: Any, metas: Any, ids: Any) -> Any:
+            return Milvus.from_texts(
+                texts,
+                emb,
+                metadatas=metas,
+                ids=ids,
+                connection_args={"uri": uri},
+                collection_name=table_name("lcs"),
+                index_params={
+                    "index_type": "HNSW",
+                    "metric_type": "COSINE",
+                    "params": {"M": 16, "efConstruction": 64},
+                },
+            )
+
+        return _langchain_case(key, build_server, "langchain-milvus", "cosine", False)
     if key == "llamaindex-lancedb-l2":
         pytest.importorskip("llama_index.vector_stores.lancedb")
         from llama_index.vector_stores.lancedb import LanceDBVectorStore
@@ -249,6 +284,8 @@ SERVER_CASES = [
     "langchain-pgvector-l2",
     "llamaindex-milvus-ip",
     "langchain-milvus-l2",
+    "llamaindex-milvus-server-hnsw-ip",
+    "langchain-milvus-server-hnsw-cosine",
     "llamaindex-lancedb-l2",
     "langchain-lancedb-l2",
 ]

@@ -504,3 +504,39 @@ def test_lancedb_refuses_an_id_stored_twice(tmp_path: Any) -> None:
     )
     with pytest.raises(StoreError, match="'a'"):
         next(LanceDBAdapter(table, db.uri).iter_pages(10))
+
+
+def test_milvus_server_first_calls_on_a_fresh_collection_see_every_record(
+    milvus_server_uri: str,
+) -> None:
+    """A Milvus 2.3 server answered the first key-ordered page query of a just-filled
+    collection with nothing (measured; gets and searches were fine): whichever call comes
+    first, the adapter sees every record."""
+    from pymilvus import DataType, MilvusClient
+
+    from nudge_rag.stores._milvus import MilvusAdapter
+
+    client = MilvusClient(milvus_server_uri)
+    x = unit_rows(10, 30, 8)
+    ids = [f"r{i:02d}" for i in range(30)]
+    for first in ("pages", "get", "search"):
+        name = table_name(f"first_{first}")
+        schema = client.create_schema(auto_id=False, enable_dynamic_field=True)
+        schema.add_field("pk", DataType.VARCHAR, is_primary=True, max_length=20)
+        schema.add_field("vec", DataType.FLOAT_VECTOR, dim=8)
+        index = client.prepare_index_params()
+        index.add_index(
+            "vec", index_type="HNSW", metric_type="IP", params={"M": 8, "efConstruction": 32}
+        )
+        client.create_collection(name, schema=schema, index_params=index)
+        client.insert(name, [{"pk": i, "vec": v.tolist()} for i, v in zip(ids, x, strict=True)])
+        adapter = MilvusAdapter(client, name)
+        assert not adapter.exact_search
+        if first == "pages":
+            assert [i for p in adapter.iter_pages(7) for i in p.ids] == ids
+        elif first == "get":
+            assert np.array_equal(adapter.get(ids[::-1]).embeddings, x[::-1])
+        else:
+            got = adapter.top_scores(x[:3], 5, exclude=ids[:3])
+            np.testing.assert_allclose(got, best_scores(x, x[:3], 5, skip=[0, 1, 2]), atol=1e-5)
+    client.close()
