@@ -192,22 +192,39 @@ def _server_case(key: str, request: pytest.FixtureRequest) -> Case:
         # id another collection holds updates that record): ids of this collection's own.
         ids = [str(uuid.uuid5(uuid.NAMESPACE_URL, f"{collection}/{i}")) for i in range(N_RECORDS)]
         return _langchain_case(key, build, "langchain-pgvector", "l2", False, ids=ids)
-    if key == "llamaindex-milvus-ip":
-        pytest.importorskip("llama_index.vector_stores.milvus")
-        from llama_index.vector_stores.milvus import MilvusVectorStore
+    if key in _MILVUS_CASES:
+        # Milvus Lite (flat) or a Milvus server with an HNSW index: (fixture, index, metric).
+        fixture, hnsw, metric = _MILVUS_CASES[key]
+        uri = request.getfixturevalue(fixture)
+        hnsw_params = {"M": 16, "efConstruction": 64}
+        if key.startswith("llamaindex"):
+            pytest.importorskip("llama_index.vector_stores.milvus")
+            from llama_index.vector_stores.milvus import MilvusVectorStore
 
-        vs = MilvusVectorStore(
-            uri=request.getfixturevalue("milvus_uri"),
-            collection_name=table_name("li"),
-            dim=DIM,
-            use_async_client=False,  # an async client needs a running event loop
-        )
-        return _llamaindex_case(key, vs, "llamaindex-milvus", "dot", False)
-    if key == "langchain-milvus-l2":
+            index: dict[str, Any] = (
+                {
+                    "index_config": {"index_type": "HNSW", "params": hnsw_params},
+                    "similarity_metric": "IP",
+                }
+                if hnsw
+                else {}
+            )
+            vs = MilvusVectorStore(
+                uri=uri,
+                collection_name=table_name("li"),
+                dim=DIM,
+                use_async_client=False,  # an async client needs a running event loop
+                **index,
+            )
+            return _llamaindex_case(key, vs, "llamaindex-milvus", metric, False)
         pytest.importorskip("langchain_milvus")
         from langchain_milvus import Milvus
 
-        uri = request.getfixturevalue("milvus_uri")
+        params = (
+            {"index_type": "HNSW", "metric_type": metric.upper(), "params": hnsw_params}
+            if hnsw
+            else None
+        )
 
         def build(texts: Any, emb: Any, metas: Any, ids: Any) -> Any:
             return Milvus.from_texts(
@@ -217,44 +234,10 @@ def _server_case(key: str, request: pytest.FixtureRequest) -> Case:
                 ids=ids,
                 connection_args={"uri": uri},
                 collection_name=table_name("lc"),
+                index_params=params,
             )
 
-        return _langchain_case(key, build, "langchain-milvus", "l2", False)
-    if key == "llamaindex-milvus-server-hnsw-ip":
-        pytest.importorskip("llama_index.vector_stores.milvus")
-        from llama_index.vector_stores.milvus import MilvusVectorStore
-
-        vs = MilvusVectorStore(
-            uri=request.getfixturevalue("milvus_server_uri"),
-            collection_name=table_name("lis"),
-            dim=DIM,
-            index_config={"index_type": "HNSW", "params": {"M": 16, "efConstruction": 64}},
-            similarity_metric="IP",
-            use_async_client=False,
-        )
-        return _llamaindex_case(key, vs, "llamaindex-milvus", "dot", False)
-    if key == "langchain-milvus-server-hnsw-cosine":
-        pytest.importorskip("langchain_milvus")
-        from langchain_milvus import Milvus
-
-        uri = request.getfixturevalue("milvus_server_uri")
-
-        def build_server(texts: Any, emb: Any, metas: Any, ids: Any) -> Any:
-            return Milvus.from_texts(
-                texts,
-                emb,
-                metadatas=metas,
-                ids=ids,
-                connection_args={"uri": uri},
-                collection_name=table_name("lcs"),
-                index_params={
-                    "index_type": "HNSW",
-                    "metric_type": "COSINE",
-                    "params": {"M": 16, "efConstruction": 64},
-                },
-            )
-
-        return _langchain_case(key, build_server, "langchain-milvus", "cosine", False)
+        return _langchain_case(key, build, "langchain-milvus", metric, False)
     if key == "llamaindex-lancedb-l2":
         pytest.importorskip("llama_index.vector_stores.lancedb")
         from llama_index.vector_stores.lancedb import LanceDBVectorStore
@@ -277,6 +260,13 @@ def _server_case(key: str, request: pytest.FixtureRequest) -> Case:
         return _langchain_case(key, build, "langchain-lancedb", "l2", False)
     raise AssertionError(key)
 
+
+_MILVUS_CASES = {
+    "llamaindex-milvus-ip": ("milvus_uri", False, "dot"),
+    "langchain-milvus-l2": ("milvus_uri", False, "l2"),
+    "llamaindex-milvus-server-hnsw-ip": ("milvus_server_uri", True, "dot"),
+    "langchain-milvus-server-hnsw-cosine": ("milvus_server_uri", True, "cosine"),
+}
 
 SERVER_CASES = [
     "llamaindex-pgvector-hnsw",

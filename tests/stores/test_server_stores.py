@@ -271,6 +271,28 @@ def _llamaindex_milvus(uri: str, metric: str = "IP", collection: str | None = No
     )
 
 
+def _raw_milvus_collection(
+    client: Any,
+    prefix: str,
+    pk_type: Any,
+    index_type: str = "FLAT",
+    params: dict[str, Any] | None = None,
+) -> str:
+    """A new collection made with pymilvus alone: key ``pk``, an 8-d ``vec`` indexed for inner
+    product, dynamic fields on. Its name."""
+    from pymilvus import DataType
+
+    name = table_name(prefix)
+    schema = client.create_schema(auto_id=False, enable_dynamic_field=True)
+    extra = {"max_length": 200} if pk_type == DataType.VARCHAR else {}
+    schema.add_field("pk", pk_type, is_primary=True, **extra)
+    schema.add_field("vec", DataType.FLOAT_VECTOR, dim=8)
+    index = client.prepare_index_params()
+    index.add_index("vec", index_type=index_type, metric_type="IP", params=params or {})
+    client.create_collection(name, schema=schema, index_params=index)
+    return name
+
+
 @pytest.mark.parametrize(("metric", "ours"), [("IP", "dot"), ("COSINE", "cosine"), ("L2", "l2")])
 def test_milvus_metric_comes_from_the_index(milvus_uri: str, metric: str, ours: str) -> None:
     vs = _llamaindex_milvus(milvus_uri, metric)
@@ -343,14 +365,7 @@ def test_milvus_ids_with_quotes_and_int_keys(milvus_uri: str) -> None:
         (DataType.VARCHAR, [f'id "{i}" \\ {i}' for i in range(11)] + ["it's"]),
         (DataType.INT64, [i * 7 for i in range(12)]),
     ]:
-        name = table_name("raw")
-        schema = client.create_schema(auto_id=False, enable_dynamic_field=True)
-        extra = {"max_length": 200} if pk_type == DataType.VARCHAR else {}
-        schema.add_field("pk", pk_type, is_primary=True, **extra)
-        schema.add_field("vec", DataType.FLOAT_VECTOR, dim=8)
-        index = client.prepare_index_params()
-        index.add_index("vec", index_type="FLAT", metric_type="IP")
-        client.create_collection(name, schema=schema, index_params=index)
+        name = _raw_milvus_collection(client, "raw", pk_type)
         client.insert(
             name,
             [
@@ -396,13 +411,7 @@ def test_milvus_lite_cuts_reads_and_upserts_into_calls_and_writes_every_row(
 
     client = MilvusClient(milvus_uri)
     x, y = unit_rows(8, 40, 8), unit_rows(9, 40, 8)
-    name = table_name("calls")
-    schema = client.create_schema(auto_id=False, enable_dynamic_field=True)
-    schema.add_field("pk", DataType.VARCHAR, is_primary=True, max_length=20)
-    schema.add_field("vec", DataType.FLOAT_VECTOR, dim=8)
-    index = client.prepare_index_params()
-    index.add_index("vec", index_type="FLAT", metric_type="IP")
-    client.create_collection(name, schema=schema, index_params=index)
+    name = _raw_milvus_collection(client, "calls", DataType.VARCHAR)
     ids = [f"r{i:02d}" for i in range(40)]
     client.insert(
         name,
@@ -520,15 +529,9 @@ def test_milvus_server_first_calls_on_a_fresh_collection_see_every_record(
     x = unit_rows(10, 30, 8)
     ids = [f"r{i:02d}" for i in range(30)]
     for first in ("pages", "get", "search"):
-        name = table_name(f"first_{first}")
-        schema = client.create_schema(auto_id=False, enable_dynamic_field=True)
-        schema.add_field("pk", DataType.VARCHAR, is_primary=True, max_length=20)
-        schema.add_field("vec", DataType.FLOAT_VECTOR, dim=8)
-        index = client.prepare_index_params()
-        index.add_index(
-            "vec", index_type="HNSW", metric_type="IP", params={"M": 8, "efConstruction": 32}
+        name = _raw_milvus_collection(
+            client, f"first_{first}", DataType.VARCHAR, "HNSW", {"M": 8, "efConstruction": 32}
         )
-        client.create_collection(name, schema=schema, index_params=index)
         client.insert(name, [{"pk": i, "vec": v.tolist()} for i, v in zip(ids, x, strict=True)])
         adapter = MilvusAdapter(client, name)
         assert not adapter.exact_search
