@@ -178,6 +178,17 @@ class VectorStoreAdapter(abc.ABC):
         """
         return process_identity(self, self.name)
 
+    def state_backend(self, scope: str) -> Any:
+        """Where this store keeps our state, with the store itself: a
+        :class:`~nudge_rag.state.StateBackend` (a table beside the user's in its database, a
+        companion collection on its server, a folder inside or beside its files), or None when
+        the store has no such place (an in-memory store: the per-user folder is used).
+
+        ``scope`` is the store's identity key: one place may hold the state of several stores
+        (one table per database), each under its own scope.
+        """
+        return None
+
     # -- reading ------------------------------------------------------------------------------
 
     @abc.abstractmethod

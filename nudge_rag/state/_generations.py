@@ -26,40 +26,37 @@ priors, targets and originals) → ``applied`` → ``reverted``.
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import hashlib
+import io
 import json
 import os
 import re
-import shutil
-import socket
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath, PurePosixPath
 from typing import Any
 
 import numpy as np
 
 from nudge_rag._faults import checkpoint
-from nudge_rag.errors import StateError, StoreBusyError
-from nudge_rag.persist import atomic_write_bytes, fsync_dir
+from nudge_rag.errors import StateError
+from nudge_rag.state._base import GEN_RE, NONE, StateBackend
+from nudge_rag.state._folder import FolderBackend
 
 __all__ = [
     "FinetuneState",
-    "StateLock",
+    "as_backend",
     "default_state_home",
     "state_dir_for",
     "vectors_match",
 ]
 
 FORMAT = 2
-_GEN = re.compile(r"^gen-(\d{6,})$")
+_GEN = GEN_RE
 _FILES = ("ids.json", "originals.npy", "targets.npy", "priors.npy")
 _EXTRA = re.compile(r"^[a-z][a-z0-9_]*\.npy$")
-_NONE = "none"  # what CURRENT says before the first generation
+_NONE = NONE  # what CURRENT says before the first generation
 
 
 # ---------------------------------------------------------------------------------------------
@@ -95,14 +92,6 @@ def state_dir_for(identity_key: str) -> Path:
 # ---------------------------------------------------------------------------------------------
 # Files
 # ---------------------------------------------------------------------------------------------
-def _write_file(path: Path, data: bytes) -> None:
-    """A new file inside a generation's temporary folder (made durable by fsync)."""
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def _npy_bytes(arr: np.ndarray) -> bytes:
     import io
 
@@ -144,107 +133,6 @@ def vectors_match(current: np.ndarray, expected: np.ndarray, *, tol: float = 0.0
 
 
 # ---------------------------------------------------------------------------------------------
-# The lock
-# ---------------------------------------------------------------------------------------------
-class StateLock:
-    """An OS file lock on a state folder: one fine-tune or revert per store at a time.
-
-    Args:
-        directory: The store's state folder (created if missing).
-        timeout: ``0`` fails at once if another run holds the lock; ``None`` waits for as long as
-            it takes; a number waits up to that many seconds.
-
-    Raises:
-        StoreBusyError: Another process (or another finetuner in this one) holds the lock.
-    """
-
-    def __init__(self, directory: Path, timeout: float | None = 0.0) -> None:
-        self.directory = Path(directory)
-        self.timeout = timeout
-        self._fd: int | None = None
-
-    def __enter__(self) -> StateLock:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        path = self.directory / "LOCK"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        deadline = None if self.timeout is None else time.monotonic() + self.timeout
-        delay = 0.01
-        while True:
-            if _try_lock(fd):
-                break
-            if deadline is not None and time.monotonic() >= deadline:
-                holder = ""
-                with contextlib.suppress(OSError):
-                    holder = (self.directory / "LOCK.owner").read_text().strip()
-                os.close(fd)
-                msg = (
-                    f"another fine-tune or revert of this store is running (lock {path}"
-                    + (f", held by {holder}" if holder else "")
-                    + "); wait for it, or pass lock_timeout=None to wait for it to finish"
-                )
-                raise StoreBusyError(msg)
-            time.sleep(delay)
-            delay = min(delay * 2, 0.5)
-        self._fd = fd
-        with contextlib.suppress(OSError):
-            (self.directory / "LOCK.owner").write_text(
-                f"pid {os.getpid()} on {socket.gethostname()} since {time.ctime()}\n"
-            )
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._fd is not None:
-            _unlock(self._fd)
-            os.close(self._fd)
-            self._fd = None
-
-
-# Locks held by this process: flock is per open file description, so a second finetuner in the
-# same process would get a second lock on the same file; fcntl-style (POSIX) locks would not
-# even see it. Track paths too, so that two finetuners in one process exclude each other.
-_HELD: set[tuple[int, int]] = set()
-
-
-def _try_lock(fd: int) -> bool:
-    st = os.fstat(fd)
-    key = (st.st_dev, st.st_ino)
-    if key in _HELD:
-        return False
-    if sys.platform == "win32":  # pragma: no cover
-        import msvcrt
-
-        try:
-            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-        except OSError:
-            return False
-    else:
-        import fcntl
-
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                return False
-            raise
-    _HELD.add(key)
-    return True
-
-
-def _unlock(fd: int) -> None:
-    st = os.fstat(fd)
-    _HELD.discard((st.st_dev, st.st_ino))
-    if sys.platform == "win32":  # pragma: no cover
-        import msvcrt
-
-        with contextlib.suppress(OSError):
-            msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
-    else:
-        import fcntl
-
-        fcntl.flock(fd, fcntl.LOCK_UN)
-
-
-# ---------------------------------------------------------------------------------------------
 # The state
 # ---------------------------------------------------------------------------------------------
 @dataclass
@@ -252,8 +140,8 @@ class FinetuneState:
     """One generation of a store's fine-tuning state (see the module docstring).
 
     Attributes:
-        directory: The store's state folder.
-        generation: The generation's folder (``directory / "gen-NNNNNN"``).
+        backend: Where the state lives (a folder, a table in the store's database, ...).
+        generation: The generation: its folder for a folder backend, else ``<where>/gen-NNNNNN``.
         manifest: Its manifest (identity, status, method, γ, counts, digests).
         ids: Journaled record ids, row ``i`` of each array below for ``ids[i]``.
         originals: ``(n, d)`` float64 original vectors.
@@ -261,13 +149,23 @@ class FinetuneState:
         priors: ``(n, d)`` float64 vectors the records held when it was made.
     """
 
-    directory: Path
-    generation: Path
+    backend: StateBackend
+    generation: PurePath
     manifest: dict[str, Any]
     ids: list[str]
     originals: np.ndarray
     targets: np.ndarray
     priors: np.ndarray
+
+    @property
+    def directory(self) -> Path | str:
+        """The state folder (a folder backend), else where the state lives, as text."""
+        d = self.backend.local_dir
+        return Path(d) if d is not None else self.backend.where
+
+    @property
+    def name(self) -> str:
+        return self.generation.name
 
     @property
     def status(self) -> str:
@@ -298,48 +196,46 @@ class FinetuneState:
 
     # ------------------------------------------------------------------ reading
     @classmethod
-    def load(cls, directory: str | os.PathLike[str]) -> FinetuneState | None:
-        """The generation in force in ``directory``, or ``None`` when there is none.
+    def load(cls, place: str | os.PathLike[str] | StateBackend) -> FinetuneState | None:
+        """The generation in force in ``place`` (a backend or a folder), or ``None``.
 
         Raises:
             StateError: Its files are missing, damaged (digest mismatch) or of another format.
         """
-        d = Path(directory)
-        if (d / "manifest.json").exists() and not (d / "CURRENT").exists():
+        be = as_backend(place)
+        where = be.where
+        d = be.local_dir
+        if d is not None and (Path(d) / "manifest.json").exists() and be.current() is None:
             msg = (
                 f"{d} holds a fine-tuning state of an older nudge_rag (format 1), which this "
                 "version cannot verify; revert it with the version that wrote it, or move it away"
             )
             raise StateError(msg)
-        try:
-            name = (d / "CURRENT").read_text(encoding="utf-8").strip()
-        except FileNotFoundError:
-            if any(True for _ in _generations(d)) if d.is_dir() else False:
+        name = be.current()
+        if name is None:
+            if be.generations():
                 msg = (
-                    f"{d / 'CURRENT'} is missing but {d} holds state generations: the state is "
+                    f"CURRENT is missing in {where} but it holds state generations: the state is "
                     "damaged (CURRENT is written before the first generation, so it cannot be "
                     "missing after a crash); restore it from a backup, or name the generation "
-                    "to use in a file CURRENT by hand"
+                    "to use in CURRENT by hand"
                 )
-                raise StateError(msg) from None
+                raise StateError(msg)
             return None
-        except OSError as exc:
-            msg = f"cannot read {d / 'CURRENT'} ({exc})"
-            raise StateError(msg) from exc
         if name == _NONE:
             return None
         if not _GEN.match(name):
-            msg = f"{d / 'CURRENT'} names {name!r}, not a state generation: the state is damaged"
+            msg = f"CURRENT in {where} names {name!r}, not a state generation: the state is damaged"
             raise StateError(msg)
-        gen = d / name
+        gen = _gen_path(be, name)
         try:
-            manifest = json.loads((gen / "manifest.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
+            manifest = json.loads(be.read(name, "manifest.json").decode("utf-8"))
+        except (StateError, ValueError) as exc:
             msg = f"fine-tuning state {gen}: manifest.json is missing or damaged ({exc}); it cannot be used"
             raise StateError(msg) from exc
         try:
-            blobs = {f: (gen / f).read_bytes() for f in _FILES}
-        except OSError as exc:
+            blobs = be.read_all(name, _FILES)
+        except StateError as exc:
             msg = f"fine-tuning state {gen} is incomplete ({exc}); it cannot be used"
             raise StateError(msg) from exc
         if manifest.get("format") != FORMAT:
@@ -350,8 +246,6 @@ class FinetuneState:
         if bad:
             msg = f"fine-tuning state {gen} is damaged: {', '.join(bad)} do not match the digests in its manifest"
             raise StateError(msg)
-        import io
-
         ids = json.loads(blobs["ids.json"])
         arrays = [
             np.load(io.BytesIO(blobs[f]), allow_pickle=False)
@@ -360,13 +254,13 @@ class FinetuneState:
         if not isinstance(ids, list) or any(a.shape[0] != len(ids) for a in arrays):
             msg = f"fine-tuning state {gen} is inconsistent ({len(ids)} ids)"
             raise StateError(msg)
-        return cls(d, gen, manifest, [str(i) for i in ids], *arrays)
+        return cls(be, gen, manifest, [str(i) for i in ids], *arrays)
 
     # ------------------------------------------------------------------ writing
     @classmethod
     def commit(
         cls,
-        directory: str | os.PathLike[str],
+        place: str | os.PathLike[str] | StateBackend,
         *,
         ids: list[str],
         originals: np.ndarray,
@@ -378,24 +272,19 @@ class FinetuneState:
     ) -> FinetuneState:
         """Write a new generation beside the one in force and switch to it atomically.
 
-        Every file is written and fsynced in a temporary folder, the folder is renamed into
-        place, then ``CURRENT`` is replaced. Older generations are removed afterwards.
-        ``extra``: more arrays kept with the generation (``name.npy``: the query-side adaptor's
-        weight), read back with :meth:`array`.
+        Every blob is written durably (a folder: files fsynced in a temporary folder renamed into
+        place; a table: one transaction), then ``CURRENT`` is switched. Older generations are
+        removed afterwards. ``extra``: more arrays kept with the generation (``name.npy``: the
+        query-side adaptor's weight), read back with :meth:`array`.
         """
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        if not (d / "CURRENT").exists() and not any(True for _ in _generations(d)):
+        be = as_backend(place)
+        if be.current() is None and not be.generations():
             # First generation: CURRENT exists from now on, so that a missing CURRENT beside
             # generations can only mean damage, never "no state yet".
-            atomic_write_bytes(d / "CURRENT", (_NONE + "\n").encode("ascii"))
-        _remove_stale(d)
-        number = _last_generation(d) + 1
+            be.switch(_NONE)
+        be.drop_partial()
+        number = max(be.generations(), default=0) + 1
         name = f"gen-{number:06d}"
-        tmp = d / f".{name}.{os.getpid()}.tmp"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir()
         arrays = {
             "originals.npy": np.ascontiguousarray(originals, dtype=np.float64),
             "targets.npy": np.ascontiguousarray(targets, dtype=np.float64),
@@ -403,15 +292,11 @@ class FinetuneState:
         }
         blobs = {"ids.json": json.dumps(list(ids)).encode("utf-8")}
         blobs.update({f: _npy_bytes(a) for f, a in arrays.items()})
-        for f in _FILES:
-            _write_file(tmp / f, blobs[f])
-            checkpoint("journal.file")
         for f, a in (extra or {}).items():
             if not _EXTRA.match(f) or f in _FILES:
                 msg = f"extra state file name {f!r}: expected a new 'name.npy'"
                 raise StateError(msg)
             blobs[f] = _npy_bytes(np.ascontiguousarray(a))
-            _write_file(tmp / f, blobs[f])
         man = {
             **manifest,
             "format": FORMAT,
@@ -421,20 +306,17 @@ class FinetuneState:
             "sha256": {f: _sha(b) for f, b in blobs.items()},
             "updated": time.time(),
         }
-        _write_file(tmp / "manifest.json", json.dumps(man, indent=2).encode("utf-8"))
-        fsync_dir(tmp)
-        os.rename(tmp, d / name)
-        fsync_dir(d)
+        blobs["manifest.json"] = json.dumps(man, indent=2).encode("utf-8")
+        be.write_generation(name, blobs)
         checkpoint("journal.switch")
-        atomic_write_bytes(d / "CURRENT", (name + "\n").encode("ascii"))
+        be.switch(name)
         checkpoint("journal.switched")
-        for old in d.iterdir():
-            m = _GEN.match(old.name)
-            if m and int(m.group(1)) < number:
-                shutil.rmtree(old, ignore_errors=True)
+        for old in be.generations():
+            if old < number:
+                be.drop(f"gen-{old:06d}")
         return cls(
-            d,
-            d / name,
+            be,
+            _gen_path(be, name),
             man,
             list(ids),
             arrays["originals.npy"],
@@ -452,14 +334,8 @@ class FinetuneState:
         Raises:
             StateError: It is missing or damaged.
         """
-        import io
-
         want = (self.manifest.get("sha256") or {}).get(name)
-        try:
-            blob = (self.generation / name).read_bytes()
-        except OSError as exc:
-            msg = f"fine-tuning state {self.generation}: {name} is missing ({exc})"
-            raise StateError(msg) from exc
+        blob = self.backend.read(self.generation.name, name)
         if want is None or _sha(blob) != want:
             msg = (
                 f"fine-tuning state {self.generation} is damaged: {name} does not match its digest"
@@ -472,33 +348,19 @@ class FinetuneState:
         """Change this generation's status (one atomic replace of its manifest)."""
         checkpoint("journal.mark")
         self.manifest = {**self.manifest, **extra, "status": status, "updated": time.time()}
-        atomic_write_bytes(
-            self.generation / "manifest.json",
+        self.backend.replace(
+            self.generation.name,
+            "manifest.json",
             json.dumps(self.manifest, indent=2).encode("utf-8"),
         )
 
 
-def _generations(d: Path) -> Iterator[int]:
-    for p in d.iterdir():
-        m = _GEN.match(p.name)
-        if m:
-            yield int(m.group(1))
+def as_backend(place: str | os.PathLike[str] | StateBackend) -> StateBackend:
+    """A backend as given, or the folder backend of a path."""
+    return place if isinstance(place, StateBackend) else FolderBackend(place)
 
 
-def _last_generation(d: Path) -> int:
-    return max(_generations(d), default=0)
-
-
-def _remove_stale(d: Path) -> None:
-    """Temporary folders of a generation that was never renamed into place (a killed run), and
-    generations newer than CURRENT that were renamed but never made current."""
-    current = None
-    with contextlib.suppress(OSError):
-        m = _GEN.match((d / "CURRENT").read_text(encoding="utf-8").strip())
-        current = int(m.group(1)) if m else None
-    for p in d.iterdir():
-        if p.name.startswith(".gen-") and p.name.endswith(".tmp"):
-            shutil.rmtree(p, ignore_errors=True)
-        m = _GEN.match(p.name)
-        if m and current is not None and int(m.group(1)) > current:
-            shutil.rmtree(p, ignore_errors=True)
+def _gen_path(be: StateBackend, name: str) -> PurePath:
+    if be.local_dir is not None:
+        return Path(be.local_dir) / name
+    return PurePosixPath(be.where) / name
