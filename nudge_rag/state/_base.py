@@ -271,10 +271,7 @@ class KVBackend(StateBackend):
     def drop_partial(self) -> None:
         cur = self.current()
         m = GEN_RE.match(cur or "")
-        if m is None:
-            number = 0
-        else:
-            number = int(m.group(1))
+        number = 0 if m is None else int(m.group(1))
         for g in self.generations():
             if g > number:
                 self.drop(f"gen-{g:06d}")
