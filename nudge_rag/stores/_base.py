@@ -214,6 +214,13 @@ class VectorStoreAdapter(abc.ABC):
     def get(self, ids: Sequence[str]) -> StorePage:
         """The records with these ids, in this order (StoreError naming any missing id)."""
 
+    def fresh_get(self, ids: Sequence[str]) -> StorePage:
+        """Like :meth:`get`, but read as the store holds the records now, past any view this
+        process keeps of them (a Chroma folder: a process's client may hand back vectors as they
+        were before another process wrote). Slower than :meth:`get` where it differs; use it to
+        settle a doubt (after taking the store's lock). The default is :meth:`get`."""
+        return self.get(ids)
+
     # -- writing ------------------------------------------------------------------------------
 
     def write_vectors(

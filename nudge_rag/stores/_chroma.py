@@ -17,11 +17,29 @@ Facts it relies on (chromadb 1.5):
   In l2 and ip spaces it keeps them exactly.
 - LangChain's ``Chroma.update_documents`` re-embeds the text; this adapter calls
   ``collection.update(ids=, embeddings=)``, which changes the vectors only.
+- Stale vectors in a Chroma folder shared by processes (measured, chromadb 1.5
+  ``PersistentClient``): a process loads a collection's vectors the first time it reads the
+  collection (any read: ``count()``, ``get()``, ``query()``) and keeps them as loaded until it
+  writes to that collection itself. Writes by another process are invisible to it until then:
+  ``get(include=["embeddings"])`` (by id or by page) and ``query`` hand back the vectors as they
+  were when it first read (documents, metadata and ``count()`` are fresh: they are read from
+  SQLite on every call; a record another process added is listed, but its embeddings raise
+  "Error finding id"). Another ``PersistentClient`` or ``get_collection`` on the same path in
+  that process shares the same stale view (chromadb keeps one system per path); after
+  ``SharedSystemClient.clear_system_cache()`` a new client reads fresh (but that stops the
+  user's clients too); the process's own next write to the collection brings its view up to
+  date with every write before it. Nothing is lost on disk: writes go to one shared log, the
+  last one wins. :meth:`ChromaAdapter.fresh_get` reads through a private, short-lived client
+  of the same folder, which loads what is on disk now; :meth:`ChromaAdapter.state_backend`
+  puts the state in a folder inside the Chroma folder, so processes on one folder share it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,7 +54,9 @@ from nudge_rag.stores._base import (
     empty_page,
 )
 
-__all__ = ["ChromaAdapter", "chroma_metric"]
+__all__ = ["STATE_FOLDER", "ChromaAdapter", "chroma_metric"]
+
+STATE_FOLDER = "nudge_rag_state"  # inside a Chroma folder: one state folder per collection
 
 _SPACES: dict[str, Metric] = {"cosine": "cosine", "ip": "dot", "l2": "l2"}
 _ID_CHUNK = 1000
@@ -90,6 +110,74 @@ class ChromaAdapter(VectorStoreAdapter):
         # LangChain), unique to this collection (a collection deleted and made again under the
         # same name is another store).
         return StoreIdentity(f"chroma:{self._col.id}", True)
+
+    # -- where our state lives ----------------------------------------------------------------
+
+    def _client_kind(self) -> tuple[str, Any]:
+        """("http", settings), ("persistent", settings) or ("ephemeral", settings)."""
+        server = getattr(self._col, "_client", None)
+        settings = server.get_settings() if server is not None else None
+        impl = str(getattr(settings, "chroma_api_impl", "") or "")
+        if impl.endswith(("FastAPI", "AsyncFastAPI")):
+            return "http", settings
+        if settings is not None and settings.is_persistent and settings.persist_directory:
+            return "persistent", settings
+        return "ephemeral", settings
+
+    def state_folder(self) -> Path | None:
+        """The state folder inside the Chroma folder of a ``PersistentClient`` collection:
+        ``<chroma path>/nudge_rag_state/<collection name>-<digest of the collection id>`` (so a
+        copy of the Chroma folder, which keeps the collection id, carries its own state), or
+        None for a server or an in-memory client."""
+        kind, settings = self._client_kind()
+        if kind != "persistent":
+            return None
+        readable = re.sub(r"[^A-Za-z0-9._-]+", "-", str(self._col.name)).strip("-.")[:48]
+        digest = hashlib.sha256(str(self._col.id).encode("ascii")).hexdigest()[:12]
+        root = Path(str(settings.persist_directory)).resolve()
+        return root / STATE_FOLDER / f"{readable or 'collection'}-{digest}"
+
+    def state_backend(self, scope: str) -> Any:
+        """A server (``HttpClient``): the ``nudge_rag_state`` collection beside this one
+        (:class:`~nudge_rag.state._chroma.ChromaCompanion`); a ``PersistentClient``: the folder
+        :meth:`state_folder`; an ``EphemeralClient``: None (the per-user folder)."""
+        kind, _ = self._client_kind()
+        if kind == "http":
+            from nudge_rag.state._chroma import ChromaCompanion
+
+            return ChromaCompanion(self._col, scope)
+        folder = self.state_folder()
+        if folder is None:
+            return None
+        from nudge_rag.state._folder import FolderBackend
+
+        return FolderBackend(folder)
+
+    def fresh_get(self, ids: Sequence[str]) -> StorePage:
+        """Like :meth:`get`, read as the store holds them now: for a ``PersistentClient``,
+        through a private client of the same folder opened for this read (this process's own
+        client may hand back vectors as they were before another process wrote; see the module
+        docstring); elsewhere the same as :meth:`get`."""
+        kind, settings = self._client_kind()
+        if kind != "persistent":
+            return self.get(ids)
+        from chromadb.api import ServerAPI
+        from chromadb.api.models.Collection import Collection
+        from chromadb.config import System
+
+        system = System(settings)  # not chromadb's shared one: it loads the folder afresh
+        api = system.instance(ServerAPI)  # type: ignore[type-abstract]
+        system.start()
+        try:
+            model = api.get_collection(
+                str(self._col.name), tenant=self._col.tenant, database=self._col.database
+            )
+            col = Collection(client=api, model=model, embedding_function=None)
+            fresh = ChromaAdapter(col, name=self.name)
+            fresh._dim = self._dim
+            return fresh.get(ids)
+        finally:
+            system.stop()
 
     def count(self) -> int:
         return int(self._col.count())
