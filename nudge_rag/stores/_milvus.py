@@ -203,6 +203,18 @@ class MilvusAdapter(VectorStoreAdapter):
         scope = f"/{db}" if db and db != "default" else ""
         return StoreIdentity(f"milvus:{self._where}{scope}/{self._collection}", True)
 
+    def state_backend(self, scope: str) -> Any:
+        """A server: the ``nudge_rag_state`` collection beside this one, in the same database
+        (:class:`~nudge_rag.state._milvus.MilvusCompanion`); Milvus Lite: the folder
+        ``<file>.nudge_rag_state/<collection>`` beside the database file."""
+        if self._lite:
+            from nudge_rag.state._folder import FolderBackend
+
+            return FolderBackend(f"{self._where}.nudge_rag_state/{self._collection}")
+        from nudge_rag.state._milvus import MilvusCompanion
+
+        return MilvusCompanion(self._client, scope, where=self._where)
+
     # -- ids --------------------------------------------------------------------------------
 
     def _key(self, id_: str) -> int | str | None:
