@@ -23,6 +23,7 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -162,6 +163,20 @@ class LanceDBAdapter(VectorStoreAdapter):
         if "://" not in uri:
             uri = os.path.realpath(uri)
         return StoreIdentity(f"lancedb:{uri}/{self._table.name}", True)
+
+    def state_backend(self, scope: str) -> Any:
+        """A local database folder: ``<uri>/nudge_rag_state/<table>`` inside it (LanceDB lists
+        only ``*.lance`` folders as tables); a remote URI: None (the per-user folder)."""
+        uri = str(self._uri)
+        if uri.startswith("file://"):
+            uri = uri[len("file://") :]
+        if "://" in uri:
+            return None
+        from nudge_rag.state._folder import FolderBackend
+
+        return FolderBackend(
+            Path(os.path.realpath(uri)) / "nudge_rag_state" / str(self._table.name)
+        )
 
     # -- reading ----------------------------------------------------------------------------
 

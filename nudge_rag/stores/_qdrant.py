@@ -15,11 +15,14 @@ Facts it relies on (qdrant-client 1.20, local ``:memory:`` mode and server alike
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import uuid
 import weakref
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -214,6 +217,24 @@ class QdrantAdapter(VectorStoreAdapter):
                 or f"{getattr(inner, '_host', '?')}:{getattr(inner, '_port', '?')}"
             )
         return StoreIdentity(f"qdrant:{where}/{self._collection}", True)
+
+    def state_backend(self, scope: str) -> Any:
+        """Local mode on disk (``QdrantClient(path=...)``): ``<path>/nudge_rag_state/<collection>``
+        inside the Qdrant folder. A server or ``:memory:``: None (the per-user folder; a
+        companion collection on a Qdrant server is not written yet)."""
+        inner = getattr(self._client, "_client", self._client)
+        if type(inner).__name__ != "QdrantLocal" or not getattr(inner, "persistent", False):
+            return None
+        location = getattr(inner, "location", None)
+        if location in (None, ":memory:"):
+            return None
+        from nudge_rag.state._folder import FolderBackend
+
+        name = re.sub(r"[^A-Za-z0-9._-]+", "-", self._collection).strip("-.") or "collection"
+        if name != self._collection:
+            name += "-" + hashlib.sha256(self._collection.encode("utf-8")).hexdigest()[:12]
+        root = Path(_resolved_once(inner, str(location)))
+        return FolderBackend(root / "nudge_rag_state" / name)
 
     def count(self) -> int:
         return int(self._client.count(self._collection, exact=True).count)
