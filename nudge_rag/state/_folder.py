@@ -202,6 +202,7 @@ class FolderBackend(StateBackend):
         fsync_dir(d)
 
     def switch(self, gen: str) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)  # the first step of a first commit
         atomic_write_bytes(self.directory / "CURRENT", (gen + "\n").encode("ascii"))
 
     def replace(self, gen: str, name: str, data: bytes) -> None:
