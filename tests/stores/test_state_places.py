@@ -356,3 +356,65 @@ def test_milvus_lite_keeps_the_state_beside_its_file(milvus_uri: str) -> None:
     assert isinstance(be, FolderBackend)
     assert be.directory == Path(os.path.realpath(milvus_uri) + ".nudge_rag_state") / name
     mc.drop_collection(name)
+
+
+# -- stale readers on one Chroma folder ---------------------------------------------------------------
+_WRITER = """
+import sys, chromadb, numpy as np
+client = chromadb.PersistentClient(path=sys.argv[1])
+col = client.get_collection("docs")
+col.update(ids=[f"r{i}" for i in range(10)], embeddings=np.full((10, 4), float(sys.argv[2])))
+client.close()
+"""
+
+
+def _write_in_another_process(path: Path, value: float) -> None:
+    subprocess.run([sys.executable, "-c", _WRITER, str(path), str(value)], check=True, timeout=120)
+
+
+def test_a_chroma_folder_reads_stale_after_another_process_writes_and_fresh_get_does_not(
+    tmp_path: Path,
+) -> None:
+    """The measured facts behind ChromaAdapter.fresh_get (see nudge_rag/stores/_chroma.py)."""
+    import chromadb
+
+    from nudge_rag.stores._chroma import ChromaAdapter
+
+    path = tmp_path / "chroma"
+    client = chromadb.PersistentClient(path=str(path))
+    col = client.create_collection("docs", embedding_function=None)
+    col.add(
+        ids=[f"r{i}" for i in range(20)],
+        embeddings=np.zeros((20, 4)),
+        documents=[f"d{i}" for i in range(20)],
+    )
+    ad = ChromaAdapter(col)
+    ids = ["r0", "r9", "r15"]
+    assert ad.get(ids).embeddings[:, 0].tolist() == [0, 0, 0]  # this process has loaded them
+    _write_in_another_process(path, 5.0)
+    # stale: by id, by page, through a search, and through another client of this process
+    assert ad.get(ids).embeddings[:, 0].tolist() == [0, 0, 0]
+    assert next(ad.iter_pages(20, with_documents=False)).embeddings[:10, 0].tolist() == [0] * 10
+    assert ad.search(np.full(4, 5.0), 1)[0][1] == -100.0  # the nearest still reads as zeros
+    other = chromadb.PersistentClient(path=str(path)).get_collection("docs")
+    assert ChromaAdapter(other).get(ids).embeddings[:, 0].tolist() == [0, 0, 0]
+    # fresh: a private client of the folder, and the user's client still works after it
+    assert ad.fresh_get(ids).embeddings[:, 0].tolist() == [5, 5, 0]
+    assert ad.fresh_get(ids).texts == ["d0", "d9", "d15"]
+    assert ad.get(ids).embeddings[:, 0].tolist() == [0, 0, 0]
+    # this process's own write brings its view up to date with every write before it
+    ad.write_vectors(["r15"], np.full((1, 4), 7.0))
+    assert ad.get(ids).embeddings[:, 0].tolist() == [5, 5, 7]
+    _write_in_another_process(path, 3.0)
+    assert ad.get(ids).embeddings[:, 0].tolist() == [5, 5, 7]
+    assert ad.fresh_get(ids).embeddings[:, 0].tolist() == [3, 3, 7]
+    client.close()
+
+
+def test_fresh_get_elsewhere_is_get(chroma_http: Any) -> None:
+    from nudge_rag.stores._chroma import ChromaAdapter
+
+    col = chroma_http.get_or_create_collection(_name("fresh"), embedding_function=None)
+    col.add(ids=["a", "b"], embeddings=[[1.0, 0.0], [0.0, 1.0]], documents=["x", "y"])
+    ad = ChromaAdapter(col)
+    assert ad.fresh_get(["b", "a"]).embeddings.tolist() == ad.get(["b", "a"]).embeddings.tolist()
