@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from nudge_rag._faults import checkpoint
 from nudge_rag.state._base import KVBackend, b64, unb64
 
 __all__ = ["COMPANION_COLLECTION", "ChromaCompanion"]
@@ -111,11 +112,13 @@ class ChromaCompanion(KVBackend):
             text = b64(items[key])
             if batch and (len(batch) >= self._max_batch or size + len(text) > _REQUEST_BYTES):
                 self._upsert(batch)
+                checkpoint("state.put")
                 batch, size = [], 0
             batch.append((key, text))
             size += len(text)
         if batch:
             self._upsert(batch)
+            checkpoint("state.put")
 
     def _upsert(self, batch: list[tuple[str, str]]) -> None:
         self._col.upsert(

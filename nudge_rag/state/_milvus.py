@@ -23,6 +23,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from nudge_rag._faults import checkpoint
 from nudge_rag.state._base import KVBackend, b64, unb64
 
 __all__ = ["COMPANION_COLLECTION", "MilvusCompanion"]
@@ -114,6 +115,7 @@ class MilvusCompanion(KVBackend):
         ]
         for start in range(0, len(rows), _ROWS_PER_CALL):
             self._client.upsert(self._name, rows[start : start + _ROWS_PER_CALL])
+            checkpoint("state.put")
 
     def _delete(self, keys: Sequence[str]) -> None:
         keys = list(dict.fromkeys(keys))
