@@ -17,6 +17,12 @@ Crash-suite stores (``KINDS``), all ~40 records embedded with the bag-of-words m
 - ``faiss``: LangChain ``FAISS`` (flat inner product), ``save_local``; ``persist_dir=``.
 - ``qdrant``: LangChain ``QdrantVectorStore`` over ``QdrantClient(path=...)`` (Dot distance, so
   vectors are kept bit for bit); identity: the path and the collection.
+
+One server kind (``SERVER_KINDS``), whose state lives in a companion collection on the server:
+
+- ``chroma-server``: LlamaIndex ``ChromaVectorStore`` over ``chromadb.HttpClient`` to the server
+  named by ``$NUDGE_RAG_TEST_CHROMA`` (``host:port``), l2 space; the collection's name is kept in
+  ``<root>/chroma-server/name`` (each build makes a new collection).
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ GAMMA = 0.3
 COLLECTION = "safety-docs"
 TOPICS = ["protein folding", "solar wind", "river delta", "neural network", "coral reef"]
 KINDS = ["chroma", "simple", "faiss", "qdrant"]
+SERVER_KINDS = ["chroma-server"]
 
 #: Lines for the end of the pytest run (conftest.py prints them): kill points tried, data lost.
 SUMMARY: list[str] = []
@@ -113,6 +120,23 @@ def store_path(kind: str, root: str | os.PathLike[str]) -> Path:
     return Path(root) / kind
 
 
+def _chroma_server() -> tuple[str, int]:
+    host, _, port = os.environ["NUDGE_RAG_TEST_CHROMA"].rpartition(":")
+    return host, int(port)
+
+
+def _llamaindex_chroma(col: Any, rids: list[str], txts: list[str], metas: list[dict]) -> None:
+    from llama_index.core import StorageContext, VectorStoreIndex
+    from llama_index.core.schema import TextNode
+    from llama_index.vector_stores.chroma import ChromaVectorStore
+
+    nodes = [
+        TextNode(id_=i, text=t, metadata=dict(m)) for i, t, m in zip(rids, txts, metas, strict=True)
+    ]
+    ctx = StorageContext.from_defaults(vector_store=ChromaVectorStore(chroma_collection=col))
+    VectorStoreIndex(nodes, storage_context=ctx, embed_model=embedder().as_llamaindex())
+
+
 def build(kind: str, root: str | os.PathLike[str]) -> None:
     """Create the store ``kind`` under ``root`` and leave it on disk, closed."""
     path = store_path(kind, root)
@@ -133,6 +157,16 @@ def build(kind: str, root: str | os.PathLike[str]) -> None:
         ctx = StorageContext.from_defaults(vector_store=ChromaVectorStore(chroma_collection=col))
         VectorStoreIndex(nodes, storage_context=ctx, embed_model=emb.as_llamaindex())
         client.close()
+    elif kind == "chroma-server":
+        name = f"safety_{uuid.uuid4().hex[:12]}"
+        path.mkdir(parents=True, exist_ok=True)
+        client = chroma_http_client(*_chroma_server())
+        try:
+            col = client.create_collection(name, configuration={"hnsw": {"space": "l2"}})
+            _llamaindex_chroma(col, rids, txts, metas)
+        finally:
+            close_chroma_http(client)
+        (path / "name").write_text(name)
     elif kind == "simple":
         from llama_index.core import VectorStoreIndex
         from llama_index.core.schema import TextNode
@@ -191,6 +225,16 @@ def open_store(kind: str, root: str | os.PathLike[str]) -> Opened:
             ChromaVectorStore(chroma_collection=col), embed_model=emb.as_llamaindex()
         )
         return Opened(index, None, client.close)
+    if kind == "chroma-server":
+        from llama_index.core import VectorStoreIndex
+        from llama_index.vector_stores.chroma import ChromaVectorStore
+
+        http = chroma_http_client(*_chroma_server())
+        col = http.get_collection((path / "name").read_text())
+        index = VectorStoreIndex.from_vector_store(
+            ChromaVectorStore(chroma_collection=col), embed_model=emb.as_llamaindex()
+        )
+        return Opened(index, None, lambda: close_chroma_http(http))
     if kind == "simple":
         from llama_index.core import StorageContext, load_index_from_storage
 
