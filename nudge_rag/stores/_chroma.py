@@ -151,7 +151,9 @@ class ChromaAdapter(VectorStoreAdapter):
             return None
         from nudge_rag.state._folder import FolderBackend
 
-        return FolderBackend(folder)
+        place = FolderBackend(folder)
+        place.with_store = True  # it travels with the store (a copy carries its own)
+        return place
 
     def fresh_get(self, ids: Sequence[str]) -> StorePage:
         """Like :meth:`get`, read as the store holds them now: for a ``PersistentClient``,

@@ -174,9 +174,11 @@ class LanceDBAdapter(VectorStoreAdapter):
             return None
         from nudge_rag.state._folder import FolderBackend
 
-        return FolderBackend(
+        place = FolderBackend(
             Path(os.path.realpath(uri)) / "nudge_rag_state" / str(self._table.name)
         )
+        place.with_store = True  # it travels with the store (a copy carries its own)
+        return place
 
     # -- reading ----------------------------------------------------------------------------
 

@@ -210,7 +210,9 @@ class MilvusAdapter(VectorStoreAdapter):
         if self._lite:
             from nudge_rag.state._folder import FolderBackend
 
-            return FolderBackend(f"{self._where}.nudge_rag_state/{self._collection}")
+            place = FolderBackend(f"{self._where}.nudge_rag_state/{self._collection}")
+            place.with_store = True  # it travels with the store (a copy carries its own)
+            return place
         from nudge_rag.state._milvus import MilvusCompanion
 
         return MilvusCompanion(self._client, scope, where=self._where)

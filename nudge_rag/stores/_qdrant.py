@@ -234,7 +234,9 @@ class QdrantAdapter(VectorStoreAdapter):
         if name != self._collection:
             name += "-" + hashlib.sha256(self._collection.encode("utf-8")).hexdigest()[:12]
         root = Path(_resolved_once(inner, str(location)))
-        return FolderBackend(root / "nudge_rag_state" / name)
+        place = FolderBackend(root / "nudge_rag_state" / name)
+        place.with_store = True  # it travels with the store (a copy carries its own)
+        return place
 
     def count(self) -> int:
         return int(self._client.count(self._collection, exact=True).count)
