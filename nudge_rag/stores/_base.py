@@ -221,6 +221,11 @@ class VectorStoreAdapter(abc.ABC):
         settle a doubt (after taking the store's lock). The default is :meth:`get`."""
         return self.get(ids)
 
+    def refresh(self) -> None:  # noqa: B027 - optional hook
+        """Read the store as it is now from here on, past any view this process keeps of it
+        (a Chroma folder; see :meth:`fresh_get`). Called right after taking the store's lock.
+        The default does nothing: most stores are read fresh on every call."""
+
     # -- writing ------------------------------------------------------------------------------
 
     def write_vectors(

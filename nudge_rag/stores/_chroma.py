@@ -29,15 +29,18 @@ Facts it relies on (chromadb 1.5):
   ``SharedSystemClient.clear_system_cache()`` a new client reads fresh (but that stops the
   user's clients too); the process's own next write to the collection brings its view up to
   date with every write before it. Nothing is lost on disk: writes go to one shared log, the
-  last one wins. :meth:`ChromaAdapter.fresh_get` reads through a private, short-lived client
-  of the same folder, which loads what is on disk now; :meth:`ChromaAdapter.state_backend`
-  puts the state in a folder inside the Chroma folder, so processes on one folder share it.
+  last one wins. So whoever holds the store's lock reads fresh: the lock of the state folder
+  (inside the Chroma folder, shared by every process on it) makes the adapter read through a
+  private client of the folder, opened when the lock is taken (it loads what is on disk then),
+  until the adapter's first write or the lock's release (:meth:`ChromaAdapter.refresh`);
+  :meth:`ChromaAdapter.fresh_get` reads once through such a client.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+import weakref
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -45,6 +48,7 @@ from typing import Any
 import numpy as np
 
 from nudge_rag.errors import StoreError
+from nudge_rag.state._folder import FolderBackend, StateLock
 from nudge_rag.stores._base import (
     Metric,
     StoreIdentity,
@@ -100,6 +104,7 @@ class ChromaAdapter(VectorStoreAdapter):
 
     def __init__(self, collection: Any, *, name: str = "chroma") -> None:
         self._col = collection
+        self._private: tuple[Any, Any, Any] | None = None  # (system, collection, finalizer)
         self.name = name
         self.metric = chroma_metric(collection)
         self.normalizes_on_write = self.metric == "cosine"
@@ -149,32 +154,61 @@ class ChromaAdapter(VectorStoreAdapter):
         folder = self.state_folder()
         if folder is None:
             return None
-        from nudge_rag.state._folder import FolderBackend
-
-        place = FolderBackend(folder)
+        place = _ChromaFolderState(folder, self)
         place.with_store = True  # it travels with the store (a copy carries its own)
         return place
 
-    def fresh_get(self, ids: Sequence[str]) -> StorePage:
-        """Like :meth:`get`, read as the store holds them now: for a ``PersistentClient``,
-        through a private client of the same folder opened for this read (this process's own
-        client may hand back vectors as they were before another process wrote; see the module
-        docstring); elsewhere the same as :meth:`get`."""
-        kind, settings = self._client_kind()
-        if kind != "persistent":
-            return self.get(ids)
+    def _open_private(self) -> tuple[Any, Any]:
+        """A client of this collection's folder of our own, not chromadb's shared one: it loads
+        the folder as it is now."""
         from chromadb.api import ServerAPI
         from chromadb.api.models.Collection import Collection
         from chromadb.config import System
 
-        system = System(settings)  # not chromadb's shared one: it loads the folder afresh
+        _, settings = self._client_kind()
+        system = System(settings)
         api = system.instance(ServerAPI)  # type: ignore[type-abstract]
         system.start()
         try:
             model = api.get_collection(
                 str(self._col.name), tenant=self._col.tenant, database=self._col.database
             )
-            col = Collection(client=api, model=model, embedding_function=None)
+        except BaseException:
+            system.stop()
+            raise
+        return system, Collection(client=api, model=model, embedding_function=None)
+
+    @property
+    def _reader(self) -> Any:
+        return self._private[1] if self._private is not None else self._col
+
+    def _close_private(self) -> None:
+        held, self._private = self._private, None
+        if held is not None:
+            held[2]()  # stops the private system (once)
+
+    def refresh(self) -> None:
+        """Read what the store holds now, from here until this adapter's next write: for a
+        ``PersistentClient``, reads go through a private client of the folder opened now (this
+        process's own client may hand back vectors as they were before another process wrote,
+        see the module docstring); the first write closes it (the write itself brings the
+        process's client up to date). Call it right after taking the store's lock. Elsewhere
+        a no-op."""
+        self._close_private()
+        if self._client_kind()[0] != "persistent":
+            return
+        system, col = self._open_private()
+        self._private = (system, col, weakref.finalize(self, system.stop))
+
+    def fresh_get(self, ids: Sequence[str]) -> StorePage:
+        """Like :meth:`get`, read as the store holds them now: for a ``PersistentClient``,
+        through a private client of the same folder opened for this read (this process's own
+        client may hand back vectors as they were before another process wrote; see the module
+        docstring); elsewhere the same as :meth:`get`."""
+        if self._client_kind()[0] != "persistent":
+            return self.get(ids)
+        system, col = self._open_private()
+        try:
             fresh = ChromaAdapter(col, name=self.name)
             fresh._dim = self._dim
             return fresh.get(ids)
@@ -182,11 +216,11 @@ class ChromaAdapter(VectorStoreAdapter):
             system.stop()
 
     def count(self) -> int:
-        return int(self._col.count())
+        return int(self._reader.count())
 
     def dim(self) -> int:
         if self._dim is None:
-            got = self._col.get(limit=1, include=["embeddings"])
+            got = self._reader.get(limit=1, include=["embeddings"])
             emb = got["embeddings"]
             if emb is None or len(emb) == 0:
                 msg = (
@@ -219,7 +253,7 @@ class ChromaAdapter(VectorStoreAdapter):
         include = self._include(with_documents)
         offset = 0
         while True:
-            got = self._col.get(include=include, limit=page_size, offset=offset)
+            got = self._reader.get(include=include, limit=page_size, offset=offset)
             page = self._to_page(got, with_documents)
             if page.ids:
                 yield page
@@ -234,7 +268,9 @@ class ChromaAdapter(VectorStoreAdapter):
         wanted = list(dict.fromkeys(ids))
         rows: dict[str, tuple[np.ndarray, str | None, dict[str, Any]]] = {}
         for start in range(0, len(wanted), _ID_CHUNK):
-            got = self._col.get(ids=wanted[start : start + _ID_CHUNK], include=self._include(True))
+            got = self._reader.get(
+                ids=wanted[start : start + _ID_CHUNK], include=self._include(True)
+            )
             page = self._to_page(got, True)
             for j, id_ in enumerate(page.ids):
                 rows[id_] = (page.embeddings[j], page.texts[j], page.metadatas[j])
@@ -247,10 +283,13 @@ class ChromaAdapter(VectorStoreAdapter):
     def _missing(self, ids: list[str]) -> list[str]:
         found: set[str] = set()
         for start in range(0, len(ids), _ID_CHUNK):
-            found.update(self._col.get(ids=ids[start : start + _ID_CHUNK], include=[])["ids"])
+            found.update(self._reader.get(ids=ids[start : start + _ID_CHUNK], include=[])["ids"])
         return [i for i in ids if i not in found]
 
     def _write_batch(self, ids: list[str], vectors: np.ndarray) -> None:
+        # This process's own write brings its client's view up to date with every write
+        # before it (see the module docstring): from here on it reads fresh by itself.
+        self._close_private()
         step = len(ids)
         max_batch = _max_batch_size(self._col)
         if max_batch:
@@ -263,7 +302,7 @@ class ChromaAdapter(VectorStoreAdapter):
         n = self.count()
         if n == 0:
             return []
-        got = self._col.query(
+        got = self._reader.query(
             query_embeddings=[np.asarray(query, dtype=np.float32)],
             n_results=min(k, n),
             include=["distances"],
@@ -274,6 +313,45 @@ class ChromaAdapter(VectorStoreAdapter):
         else:  # cosine distance = 1 - cos; ip distance = 1 - dot
             scores = [1.0 - float(d) for d in dists]
         return list(zip(ids, scores, strict=True))
+
+
+class _RefreshingLock(StateLock):
+    """The state folder's lock; whoever holds it reads the collection as it is on disk now
+    (:meth:`ChromaAdapter.refresh`), never through a view loaded before another process wrote."""
+
+    def __init__(self, directory: Path, timeout: float | None, adapter: ChromaAdapter) -> None:
+        super().__init__(directory, timeout)
+        self._adapter = weakref.ref(adapter)
+
+    def __enter__(self) -> _RefreshingLock:
+        super().__enter__()
+        ad = self._adapter()
+        try:
+            if ad is not None:
+                ad.refresh()
+        except BaseException:
+            super().__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        ad = self._adapter()
+        try:
+            if ad is not None:
+                ad._close_private()
+        finally:
+            super().__exit__(*exc)
+
+
+class _ChromaFolderState(FolderBackend):
+    """The state folder inside a Chroma folder, whose lock makes its adapter read fresh."""
+
+    def __init__(self, directory: Path, adapter: ChromaAdapter) -> None:
+        super().__init__(directory)
+        self._adapter = adapter
+
+    def lock(self, timeout: float | None = 0.0) -> StateLock:
+        return _RefreshingLock(self.directory, timeout, self._adapter)
 
 
 def _max_batch_size(collection: Any) -> int | None:

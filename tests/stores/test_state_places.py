@@ -402,12 +402,24 @@ def test_a_chroma_folder_reads_stale_after_another_process_writes_and_fresh_get_
     assert ad.fresh_get(ids).embeddings[:, 0].tolist() == [5, 5, 0]
     assert ad.fresh_get(ids).texts == ["d0", "d9", "d15"]
     assert ad.get(ids).embeddings[:, 0].tolist() == [0, 0, 0]
+    # whoever holds the store's lock reads fresh, until its first write or the lock's release
+    be = ad.state_backend(ad.identity().key)
+    with be.lock(0.0):
+        assert ad.get(ids).embeddings[:, 0].tolist() == [5, 5, 0]
+        assert next(ad.iter_pages(20, with_documents=False)).embeddings[:10, 0].tolist() == [5] * 10
+        assert ad.search(np.full(4, 5.0), 1)[0][1] == 0.0
+    assert ad.get(ids).embeddings[:, 0].tolist() == [0, 0, 0]  # the user's client, as it was
     # this process's own write brings its view up to date with every write before it
     ad.write_vectors(["r15"], np.full((1, 4), 7.0))
     assert ad.get(ids).embeddings[:, 0].tolist() == [5, 5, 7]
     _write_in_another_process(path, 3.0)
     assert ad.get(ids).embeddings[:, 0].tolist() == [5, 5, 7]
     assert ad.fresh_get(ids).embeddings[:, 0].tolist() == [3, 3, 7]
+    with be.lock(0.0):
+        assert ad.get(ids).embeddings[:, 0].tolist() == [3, 3, 7]
+        ad.write_vectors(["r0"], np.full((1, 4), 1.0))  # written through the user's client
+        assert ad.get(ids).embeddings[:, 0].tolist() == [1, 3, 7]
+    assert ad.get(ids).embeddings[:, 0].tolist() == [1, 3, 7]
     client.close()
 
 
