@@ -96,7 +96,7 @@ class NudgeEmbeddingFinetuner(LearnsFromUse, ChoosesMethod):
             records, a query-side linear adaptor (the returned retriever embeds queries through
             it; the stored vectors are not touched by it), both, or nothing, with the loss on
             records no training question points to bounded (see :mod:`nudge_rag.core.choose`
-            and the README's "Which method when"); ``"nudge-n"`` (NUDGE-N only, γ chosen by
+            and docs/methods.md, "Which method when"); ``"nudge-n"`` (NUDGE-N only, γ chosen by
             ``objective``; unit vectors, safe on every store) or ``"nudge-m"`` (inner-product
             stores only). With ``gamma`` fixed, ``"auto"`` is ``"nudge-n"``.
         gamma: Fix γ and skip its selection.
