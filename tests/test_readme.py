@@ -341,6 +341,10 @@ def test_the_readme_is_short_and_its_links_resolve() -> None:
     local = [link for link in links if "://" not in link]
     assert local and all((REPO / link).exists() for link in local), local
     assert {p.name for p in docs_pages()} - {"index.md"} <= {Path(x).name for x in local}
+    # the docs' home page shows the README's results, number for number
+    results = readme.split("<!-- results:start -->", 1)[1].split("<!-- results:end -->", 1)[0]
+    index = (DOCS_DIR / "index.md").read_text(encoding="utf-8")
+    assert all(row in index for row in results.splitlines() if row.startswith("|"))
     # what moved out of the README is in the docs, not lost
     docs = "\n".join(p.read_text(encoding="utf-8") for p in docs_pages())
     for moved in ("## What is safe", "## What stays your job", "<!-- bench:start -->",
