@@ -60,7 +60,7 @@ def backend_for(
         own = adapter.state_backend(identity.key)
     if state_dir is not None:
         chosen: StateBackend = FolderBackend(Path(state_dir).expanduser())
-        if own is not None and own.current() not in (None, NONE):
+        if own is not None and own.where != chosen.where and own.current() not in (None, NONE):
             msg = (
                 f"this {adapter.name} store keeps a fine-tuning state of ours in {own.where}, "
                 f"and state_dir={str(state_dir)!r} names another place: two states of one store "
