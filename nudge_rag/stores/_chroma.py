@@ -38,8 +38,6 @@ Facts it relies on (chromadb 1.5):
 
 from __future__ import annotations
 
-import hashlib
-import re
 import weakref
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -58,9 +56,7 @@ from nudge_rag.stores._base import (
     empty_page,
 )
 
-__all__ = ["STATE_FOLDER", "ChromaAdapter", "chroma_metric"]
-
-STATE_FOLDER = "nudge_rag_state"  # inside a Chroma folder: one state folder per collection
+__all__ = ["ChromaAdapter", "chroma_metric"]
 
 _SPACES: dict[str, Metric] = {"cosine": "cosine", "ip": "dot", "l2": "l2"}
 _ID_CHUNK = 1000
@@ -131,16 +127,16 @@ class ChromaAdapter(VectorStoreAdapter):
 
     def state_folder(self) -> Path | None:
         """The state folder inside the Chroma folder of a ``PersistentClient`` collection:
-        ``<chroma path>/nudge_rag_state/<collection name>-<digest of the collection id>`` (so a
-        copy of the Chroma folder, which keeps the collection id, carries its own state), or
-        None for a server or an in-memory client."""
+        ``<chroma path>/nudge_state/<collection name>`` (where the command line keeps it too;
+        a copy of the Chroma folder carries its own), or None for a server or an in-memory
+        client."""
         kind, settings = self._client_kind()
         if kind != "persistent":
             return None
-        readable = re.sub(r"[^A-Za-z0-9._-]+", "-", str(self._col.name)).strip("-.")[:48]
-        digest = hashlib.sha256(str(self._col.id).encode("ascii")).hexdigest()[:12]
+        from nudge_rag.state.places import STATE_FOLDER
+
         root = Path(str(settings.persist_directory)).resolve()
-        return root / STATE_FOLDER / f"{readable or 'collection'}-{digest}"
+        return root / STATE_FOLDER / str(self._col.name)
 
     def state_backend(self, scope: str) -> Any:
         """A server (``HttpClient``): the ``nudge_rag_state`` collection beside this one
@@ -154,9 +150,9 @@ class ChromaAdapter(VectorStoreAdapter):
         folder = self.state_folder()
         if folder is None:
             return None
-        place = _ChromaFolderState(folder, self)
-        place.with_store = True  # it travels with the store (a copy carries its own)
-        return place
+        # Not with_store: a copy keeps the collection id, so the identity check still holds,
+        # and tells a collection made again under the same name from the one we fine-tuned.
+        return _ChromaFolderState(folder, self)
 
     def _open_private(self) -> tuple[Any, Any]:
         """A client of this collection's folder of our own, not chromadb's shared one: it loads

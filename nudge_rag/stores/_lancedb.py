@@ -165,7 +165,7 @@ class LanceDBAdapter(VectorStoreAdapter):
         return StoreIdentity(f"lancedb:{uri}/{self._table.name}", True)
 
     def state_backend(self, scope: str) -> Any:
-        """A local database folder: ``<uri>/nudge_rag_state/<table>`` inside it (LanceDB lists
+        """A local database folder: ``<uri>/nudge_state/<table>`` inside it (LanceDB lists
         only ``*.lance`` folders as tables); a remote URI: None (the per-user folder)."""
         uri = str(self._uri)
         if uri.startswith("file://"):
@@ -173,10 +173,9 @@ class LanceDBAdapter(VectorStoreAdapter):
         if "://" in uri:
             return None
         from nudge_rag.state._folder import FolderBackend
+        from nudge_rag.state.places import STATE_FOLDER
 
-        place = FolderBackend(
-            Path(os.path.realpath(uri)) / "nudge_rag_state" / str(self._table.name)
-        )
+        place = FolderBackend(Path(os.path.realpath(uri)) / STATE_FOLDER / str(self._table.name))
         place.with_store = True  # it travels with the store (a copy carries its own)
         return place
 

@@ -206,11 +206,12 @@ class MilvusAdapter(VectorStoreAdapter):
     def state_backend(self, scope: str) -> Any:
         """A server: the ``nudge_rag_state`` collection beside this one, in the same database
         (:class:`~nudge_rag.state._milvus.MilvusCompanion`); Milvus Lite: the folder
-        ``<file>.nudge_rag_state/<collection>`` beside the database file."""
+        ``<file>.nudge_state/<collection>`` beside the database file."""
         if self._lite:
             from nudge_rag.state._folder import FolderBackend
+            from nudge_rag.state.places import STATE_FOLDER
 
-            place = FolderBackend(f"{self._where}.nudge_rag_state/{self._collection}")
+            place = FolderBackend(f"{self._where}.{STATE_FOLDER}/{self._collection}")
             place.with_store = True  # it travels with the store (a copy carries its own)
             return place
         from nudge_rag.state._milvus import MilvusCompanion

@@ -219,7 +219,7 @@ class QdrantAdapter(VectorStoreAdapter):
         return StoreIdentity(f"qdrant:{where}/{self._collection}", True)
 
     def state_backend(self, scope: str) -> Any:
-        """Local mode on disk (``QdrantClient(path=...)``): ``<path>/nudge_rag_state/<collection>``
+        """Local mode on disk (``QdrantClient(path=...)``): ``<path>/nudge_state/<collection>``
         inside the Qdrant folder. A server or ``:memory:``: None (the per-user folder; a
         companion collection on a Qdrant server is not written yet)."""
         inner = getattr(self._client, "_client", self._client)
@@ -229,12 +229,13 @@ class QdrantAdapter(VectorStoreAdapter):
         if location in (None, ":memory:"):
             return None
         from nudge_rag.state._folder import FolderBackend
+        from nudge_rag.state.places import STATE_FOLDER
 
         name = re.sub(r"[^A-Za-z0-9._-]+", "-", self._collection).strip("-.") or "collection"
         if name != self._collection:
             name += "-" + hashlib.sha256(self._collection.encode("utf-8")).hexdigest()[:12]
         root = Path(_resolved_once(inner, str(location)))
-        place = FolderBackend(root / "nudge_rag_state" / name)
+        place = FolderBackend(root / STATE_FOLDER / name)
         place.with_store = True  # it travels with the store (a copy carries its own)
         return place
 

@@ -210,8 +210,8 @@ def test_a_copied_chroma_folder_carries_its_own_state(tmp_path: Path) -> None:
         a, b = fleet.replica(), fleet.replica(copy)
         assert a("finetune", first=0, n=60)["n_moved"] > 0
         assert b("finetune", first=90, n=60)["n_moved"] > 0
-        assert (tmp_path / "chroma" / "nudge_rag_state").is_dir()
-        assert (tmp_path / "copy" / "nudge_rag_state").is_dir()
+        assert (tmp_path / "chroma" / "nudge_state" / name).is_dir()
+        assert (tmp_path / "copy" / "nudge_state" / name).is_dir()
         moved_a = _moved(fleet.vectors(), original)
         moved_b = _moved(fleet.vectors(copy), original)
         assert moved_a and moved_b and not set(moved_a) & set(moved_b)

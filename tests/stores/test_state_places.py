@@ -252,9 +252,8 @@ def test_a_chroma_folder_keeps_the_state_inside_and_chroma_does_not_mind(tmp_pat
     col.add(ids=[f"r{i}" for i in range(20)], embeddings=rng.normal(size=(20, 4)))
     ad = ChromaAdapter(col)
     be = ad.state_backend(ad.identity().key)
-    digest = __import__("hashlib").sha256(str(col.id).encode()).hexdigest()[:12]
     assert isinstance(be, FolderBackend)
-    assert be.directory == path.resolve() / "nudge_rag_state" / f"docs-{digest}"
+    assert be.directory == path.resolve() / "nudge_state" / "docs"
     _commit(be)  # type: ignore[arg-type]
     col.add(ids=["late"], embeddings=rng.normal(size=(1, 4)))
     assert col.query(query_embeddings=rng.normal(size=(1, 4)), n_results=3)["ids"][0]
@@ -309,7 +308,7 @@ def test_qdrant_and_lancedb_folders_keep_the_state_inside_and_reopen(tmp_path: P
     qc.create_collection("docs", vectors_config=VectorParams(size=4, distance=Distance.DOT))
     qc.upsert("docs", [PointStruct(id=i, vector=[float(i), 1, 0, 0]) for i in range(5)])
     be = QdrantAdapter(qc, "docs").state_backend("x")
-    assert be.directory == qpath.resolve() / "nudge_rag_state" / "docs"
+    assert be.directory == qpath.resolve() / "nudge_state" / "docs"
     _commit(be)
     qc.close()
     qc = QdrantClient(path=str(qpath))
@@ -332,7 +331,7 @@ def test_qdrant_and_lancedb_folders_keep_the_state_inside_and_reopen(tmp_path: P
     table = db.create_table("docs", schema=schema)
     table.add([{"id": f"r{i}", "vector": [float(i), 1, 0, 0]} for i in range(5)])
     be = LanceDBAdapter(table, str(lpath)).state_backend("x")
-    assert be.directory == lpath.resolve() / "nudge_rag_state" / "docs"
+    assert be.directory == lpath.resolve() / "nudge_state" / "docs"
     _commit(be)
     db = lancedb.connect(str(lpath))
     assert list(db.table_names()) == ["docs"]
@@ -354,7 +353,7 @@ def test_milvus_lite_keeps_the_state_beside_its_file(milvus_uri: str) -> None:
     mc.create_collection(name, schema=schema, index_params=index)
     be = MilvusAdapter(mc, name).state_backend("x")
     assert isinstance(be, FolderBackend)
-    assert be.directory == Path(os.path.realpath(milvus_uri) + ".nudge_rag_state") / name
+    assert be.directory == Path(os.path.realpath(milvus_uri) + ".nudge_state") / name
     mc.drop_collection(name)
 
 
