@@ -19,7 +19,16 @@ from typing import Any
 import pytest
 import safety_kit as K
 from safety_zygote import JobResult, Zygote
-from test_crash import STEPS, CrashRig, assert_clean, crash_suite, dry_run, run_trial
+from test_crash import (
+    N_KILLS,
+    STEPS,
+    CrashRig,
+    Trial,
+    assert_clean,
+    crash_suite,
+    dry_run,
+    run_trial,
+)
 
 KIND = "chroma-server"
 _HOMES = itertools.count()
@@ -60,15 +69,16 @@ def server_rig(chroma_server: tuple[str, int], monkeypatch: pytest.MonkeyPatch) 
     return ServerCrashRig
 
 
+@pytest.mark.slow
 def test_kill_during_finetunes_and_revert_on_a_chroma_server_then_a_fresh_home_reverts(
     zygote: Zygote, server_rig: Any, tmp_path: Path
 ) -> None:
-    trials = crash_suite(zygote, KIND, tmp_path, 16)
+    trials = crash_suite(zygote, KIND, tmp_path, N_KILLS)
     assert {t.step for t in trials} == {1, 2, 3}
     points = {t.point.partition("#")[0] for t in trials}
     assert {"store.batch", "journal.switch", "journal.switched", "journal.mark"} <= points
     assert {"finetune.read", "finetune.fit", "state.put"} <= points
-    assert_clean(trials, 16)
+    assert_clean(trials, 20)
     assert zygote.threads_now() == 1
 
 
@@ -76,8 +86,6 @@ def test_kill_smoke_on_a_chroma_server(zygote: Zygote, server_rig: Any, tmp_path
     """A few kill points, each recovered by a process with an empty home."""
     rig = server_rig(zygote, KIND, tmp_path)
     snaps, points = dry_run(rig)
-    from test_crash import Trial
-
     trials = [
         Trial(1, "store.batch#2", "revert"),
         Trial(2, "store.batch#4", "revert"),
