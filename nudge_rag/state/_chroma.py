@@ -19,7 +19,9 @@ Limits measured on a Chroma 1.5 server (``chroma run``): a request body may be u
 (48 MB is refused, "Payload too large"); ``get_max_batch_size()`` is 5,461 records; a 32 MB
 document and a 1 MB metadata value are accepted. So blobs are cut in chunks of 1 MiB (1.4 MB of
 base64), and each request carries at most ~8 MB and at most ``get_max_batch_size()`` rows.
-(Chroma Cloud has far smaller limits, 16 KB documents: not supported by this backend.)
+Chroma Cloud documents its own, far smaller limits (16 KB documents, 300 records a write):
+towards ``*.trychroma.com`` chunks are 12,000 bytes (16,000 characters of base64; not tested
+here, no Cloud account).
 
 The lock is :class:`KVBackend`'s lease (Chroma has no compare-and-set).
 """
@@ -74,6 +76,8 @@ class ChromaCompanion(KVBackend):
             self._max_batch = 100
         settings = server.get_settings()
         host = f"{settings.chroma_server_host}:{settings.chroma_server_http_port}"
+        if str(settings.chroma_server_host or "").endswith("trychroma.com"):
+            self.chunk_bytes = 12_000
         self.where = (
             f"chroma server {host} {collection.tenant}/{collection.database} "
             f"collection {name} scope {scope}"

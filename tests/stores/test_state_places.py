@@ -429,3 +429,34 @@ def test_fresh_get_elsewhere_is_get(chroma_http: Any) -> None:
     col.add(ids=["a", "b"], embeddings=[[1.0, 0.0], [0.0, 1.0]], documents=["x", "y"])
     ad = ChromaAdapter(col)
     assert ad.fresh_get(["b", "a"]).embeddings.tolist() == ad.get(["b", "a"]).embeddings.tolist()
+
+
+def test_a_chroma_collection_made_again_under_the_same_name_is_not_given_the_old_state(
+    tmp_path: Path,
+) -> None:
+    """The folder is named by the collection, the state by its id: a collection deleted and
+    made again under the same name is another store, and the state left there is refused."""
+    import chromadb
+
+    from nudge_rag import NudgeEmbeddingFinetuner
+    from nudge_rag.testing import BagOfWordsEmbedder
+
+    client = chromadb.PersistentClient(path=str(tmp_path / "chroma"))
+    emb = BagOfWordsEmbedder(16)
+    texts = [f"note {i} about topic{i} and facet{i % 3}" for i in range(12)]
+
+    def make() -> Any:
+        col = client.create_collection("docs", configuration={"hnsw": {"space": "l2"}})
+        col.add(ids=[f"n{i}" for i in range(12)], documents=texts, embeddings=emb.embed(texts))
+        return col
+
+    pairs = [(f"topic{i} facet{(i + 1) % 3} question", [f"n{i}"]) for i in range(4)]
+    ft = NudgeEmbeddingFinetuner(make(), embed_model=emb, gamma=0.3)
+    ft.finetune(pairs)
+    assert ft.report.n_moved > 0
+    assert ft.report.state_dir == str((tmp_path / "chroma").resolve() / "nudge_state" / "docs")
+    client.delete_collection("docs")
+    again = NudgeEmbeddingFinetuner(make(), embed_model=emb, gamma=0.3)
+    with pytest.raises(StateError, match="belongs to another store"):
+        again.finetune(pairs)
+    client.close()
