@@ -60,7 +60,11 @@ def backend_for(
         own = adapter.state_backend(identity.key)
     if state_dir is not None:
         chosen: StateBackend = FolderBackend(Path(state_dir).expanduser())
-        if own is not None and own.where != chosen.where and own.current() not in (None, NONE):
+        if own is not None and _same_folder(own, chosen):
+            # The store's own place, named (the command line names a Chroma folder's): that
+            # place, with its own lock (a Chroma folder's makes whoever holds it read fresh).
+            return own
+        if own is not None and own.current() not in (None, NONE):
             msg = (
                 f"this {adapter.name} store keeps a fine-tuning state of ours in {own.where}, "
                 f"and state_dir={str(state_dir)!r} names another place: two states of one store "
@@ -79,6 +83,12 @@ def backend_for(
     if chosen.where != str(legacy) and legacy.is_dir() and chosen.current() is None:
         migrate_folder(legacy, chosen, lock_timeout)
     return chosen
+
+
+def _same_folder(a: StateBackend, b: StateBackend) -> bool:
+    if a.local_dir is None or b.local_dir is None:
+        return False
+    return bool(os.path.realpath(a.local_dir) == os.path.realpath(b.local_dir))
 
 
 def migrate_folder(old: Path, new: StateBackend, lock_timeout: float | None = 0.0) -> bool:

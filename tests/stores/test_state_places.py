@@ -460,3 +460,29 @@ def test_a_chroma_collection_made_again_under_the_same_name_is_not_given_the_old
     with pytest.raises(StateError, match="belongs to another store"):
         again.finetune(pairs)
     client.close()
+
+
+def test_state_dir_naming_a_chroma_folders_own_place_is_that_place_and_its_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the command line passes (``state_dir=<chroma path>/nudge_state/<collection>``, maybe
+    relative) is the place the API uses: one state, and the lock that reads the folder fresh."""
+    import chromadb
+
+    from nudge_rag.state.places import backend_for
+    from nudge_rag.stores._chroma import ChromaAdapter, _ChromaFolderState
+
+    client = chromadb.PersistentClient(path=str(tmp_path / "chroma"))
+    col = client.create_collection("docs")
+    col.add(ids=["a"], embeddings=[[1.0, 0.0]])
+    ad = ChromaAdapter(col)
+    ident = ad.identity()
+    own = ad.state_backend(ident.key)
+    _commit(own)
+    monkeypatch.chdir(tmp_path)
+    for named in ("chroma/nudge_state/docs", tmp_path / "chroma" / "nudge_state" / "docs"):
+        got = backend_for(ad, ident, state_dir=named, persist_dir=None, legacy=tmp_path / "x")
+        assert isinstance(got, _ChromaFolderState) and got.where == own.where
+    with pytest.raises(StateError, match="names another place"):
+        backend_for(ad, ident, state_dir=tmp_path / "other", persist_dir=None, legacy=tmp_path)
+    client.close()
