@@ -5,7 +5,9 @@ answers one JSON line on stdout, so that the parent drives several replicas step
 ("at the same moment" is: the parent sends both the command, then reads both answers).
 
 Stores (``spec["kind"]``): ``"chroma-server"`` (``host``, ``port``, ``collection``: an
-``HttpClient``) and ``"chroma-folder"`` (``path``, ``collection``: a ``PersistentClient``).
+``HttpClient``), ``"chroma-folder"`` (``path``, ``collection``: a ``PersistentClient``) and
+``"milvus-server"`` (``uri``, ``collection``: a ``MilvusClient``, a FLAT L2 index, the adapter
+passed to the finetuner as is).
 
 Commands: ``{"op": "build", "n": N}`` (make the collection: records ``r000`` ... with
 bag-of-words vectors, l2 space so vectors are kept bit for bit), ``{"op": "open"}`` (the store
@@ -52,6 +54,12 @@ class Replica:
         self.ft: Any = None
 
     def _client(self) -> Any:
+        if self.spec["kind"] == "milvus-server":
+            from pymilvus import MilvusClient
+
+            if self.client is None:
+                self.client = MilvusClient(self.spec["uri"])
+            return self.client
         import chromadb
 
         if self.client is None:
@@ -64,6 +72,28 @@ class Replica:
     def build(self, n: int) -> dict[str, Any]:
         from nudge_rag.testing import BagOfWordsEmbedder
 
+        if self.spec["kind"] == "milvus-server":
+            from pymilvus import DataType, MilvusClient
+
+            mc = self._client()
+            schema = MilvusClient.create_schema(auto_id=False)
+            schema.add_field("pk", DataType.VARCHAR, is_primary=True, max_length=64)
+            schema.add_field("text", DataType.VARCHAR, max_length=1024)
+            schema.add_field("vec", DataType.FLOAT_VECTOR, dim=DIM)
+            index = mc.prepare_index_params()
+            index.add_index(field_name="vec", index_type="FLAT", metric_type="L2")
+            name = self.spec["collection"]
+            mc.create_collection(name, schema=schema, index_params=index)
+            txts = [text(i) for i in range(n)]
+            vecs = BagOfWordsEmbedder(DIM).embed(txts)
+            mc.insert(
+                name,
+                [
+                    {"pk": rid(i), "text": t, "vec": v.tolist()}
+                    for i, (t, v) in enumerate(zip(txts, vecs, strict=True))
+                ],
+            )
+            return {}
         col = self._client().create_collection(
             self.spec["collection"],
             configuration={"hnsw": {"space": "l2"}},
@@ -82,16 +112,26 @@ class Replica:
         from nudge_rag import NudgeEmbeddingFinetuner
         from nudge_rag.testing import BagOfWordsEmbedder
 
-        self.col = self._client().get_collection(self.spec["collection"])
-        self.col.get(limit=1, include=["embeddings"])  # this process has read the store
+        store = self._store()
         self.ft = NudgeEmbeddingFinetuner(
-            self.col,
+            store,
             embed_model=BagOfWordsEmbedder(DIM),
             gamma=GAMMA,
             lock_timeout=None,
             write_batch_size=25,
         )
         return {"pid": os.getpid()}
+
+    def _store(self) -> Any:
+        if self.spec["kind"] == "milvus-server":
+            from nudge_rag.stores._milvus import MilvusAdapter
+
+            ad = MilvusAdapter(self._client(), self.spec["collection"])
+            ad.count()
+            return ad
+        self.col = self._client().get_collection(self.spec["collection"])
+        self.col.get(limit=1, include=["embeddings"])  # this process has read the store
+        return self.col
 
     def finetune(self, first: int, n: int) -> dict[str, Any]:
         self.ft.finetune(queries(first, n))
@@ -109,6 +149,15 @@ class Replica:
         return {"pairs": sorted([q, sorted(map(str, ids))] for q, ids in _pairs(pairs))}
 
     def vectors(self) -> dict[str, Any]:
+        if self.spec["kind"] == "milvus-server":
+            from nudge_rag.stores._milvus import MilvusAdapter
+
+            ad = MilvusAdapter(self._client(), self.spec["collection"])
+            return {
+                i: [float(x) for x in v]
+                for page in ad.iter_pages(100, with_documents=False)
+                for i, v in zip(page.ids, page.embeddings, strict=True)
+            }
         col = self._client().get_collection(self.spec["collection"])
         got = col.get(include=["embeddings"])
         return {

@@ -4,8 +4,11 @@ against one store; the state lives with the store, so every one of them finds it
 Each replica is its own OS process (tests/replica_worker.py) with its own ``NUDGE_RAG_HOME``,
 driven command by command; "at the same moment" is the parent sending both replicas a command
 before reading either answer (the store's lock orders them, ``lock_timeout=None``). Vectors are
-compared bit for bit (l2 space: Chroma keeps them as written), read by a process that has not
-read the store before (so nothing of what it reads is an old view).
+compared bit for bit (l2 space: Chroma keeps them as written; Milvus keeps every vector as
+written), read by a process that has not read the store before (so nothing it reads is an old
+view). Stores: a Chroma server (state in its ``nudge_rag_state`` collection), one Chroma folder
+(state in ``<folder>/nudge_state/<collection>``, and a client per process that keeps the vectors
+it first read), a Milvus 2.3 server (its ``nudge_rag_state`` collection).
 """
 
 from __future__ import annotations
@@ -118,12 +121,14 @@ def _moved(got: dict[str, list[float]], want: dict[str, list[float]]) -> list[st
     return sorted(i for i in want if got[i] != want[i])
 
 
-@pytest.fixture(params=["chroma-server", "chroma-folder"])
+@pytest.fixture(params=["chroma-server", "chroma-folder", "milvus-server"])
 def fleet(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Fleet]:
     name = f"replicas_{uuid.uuid4().hex[:8]}"
     if request.param == "chroma-server":
         host, port = request.getfixturevalue("chroma_server")
         spec: dict[str, Any] = {"kind": "chroma-server", "host": host, "port": port}
+    elif request.param == "milvus-server":
+        spec = {"kind": "milvus-server", "uri": request.getfixturevalue("milvus_server_uri")}
     else:
         spec = {"kind": "chroma-folder", "path": str(tmp_path / "chroma")}
     f = Fleet({**spec, "collection": name}, tmp_path / "fleet")
