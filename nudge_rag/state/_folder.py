@@ -30,9 +30,11 @@ from nudge_rag.errors import StateError, StoreBusyError
 from nudge_rag.persist import atomic_write_bytes, fsync_dir
 from nudge_rag.state._base import GEN_RE, StateBackend
 
-__all__ = ["FolderBackend", "StateLock"]
+__all__ = ["STATE_FOLDER", "FolderBackend", "StateLock"]
 
 FEEDBACK_FILE = "feedback.jsonl"
+#: The name of the folder we add inside (or beside) a store's files.
+STATE_FOLDER = "nudge_state"
 
 
 class StateLock:

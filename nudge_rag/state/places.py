@@ -26,15 +26,12 @@ from typing import Any
 
 from nudge_rag.errors import StateError
 from nudge_rag.state._base import NONE, StateBackend
-from nudge_rag.state._folder import FEEDBACK_FILE, FolderBackend, StateLock
+from nudge_rag.state._folder import FEEDBACK_FILE, STATE_FOLDER, FolderBackend, StateLock
 from nudge_rag.stores import StoreIdentity
 
 __all__ = ["STATE_FOLDER", "backend_for", "migrate_folder", "persist_state_folder"]
 
 logger = logging.getLogger(__name__)
-
-#: The name of the folder we add inside (or beside) a store's files.
-STATE_FOLDER = "nudge_state"
 
 
 def persist_state_folder(persist_dir: str | os.PathLike[str]) -> Path:

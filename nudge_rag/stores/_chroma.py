@@ -133,7 +133,7 @@ class ChromaAdapter(VectorStoreAdapter):
         kind, settings = self._client_kind()
         if kind != "persistent":
             return None
-        from nudge_rag.state.places import STATE_FOLDER
+        from nudge_rag.state._folder import STATE_FOLDER
 
         root = Path(str(settings.persist_directory)).resolve()
         return root / STATE_FOLDER / str(self._col.name)

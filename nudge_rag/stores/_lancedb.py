@@ -172,8 +172,7 @@ class LanceDBAdapter(VectorStoreAdapter):
             uri = uri[len("file://") :]
         if "://" in uri:
             return None
-        from nudge_rag.state._folder import FolderBackend
-        from nudge_rag.state.places import STATE_FOLDER
+        from nudge_rag.state._folder import STATE_FOLDER, FolderBackend
 
         place = FolderBackend(Path(os.path.realpath(uri)) / STATE_FOLDER / str(self._table.name))
         place.with_store = True  # it travels with the store (a copy carries its own)

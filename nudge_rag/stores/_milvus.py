@@ -208,8 +208,7 @@ class MilvusAdapter(VectorStoreAdapter):
         (:class:`~nudge_rag.state._milvus.MilvusCompanion`); Milvus Lite: the folder
         ``<file>.nudge_state/<collection>`` beside the database file."""
         if self._lite:
-            from nudge_rag.state._folder import FolderBackend
-            from nudge_rag.state.places import STATE_FOLDER
+            from nudge_rag.state._folder import STATE_FOLDER, FolderBackend
 
             place = FolderBackend(f"{self._where}.{STATE_FOLDER}/{self._collection}")
             place.with_store = True  # it travels with the store (a copy carries its own)

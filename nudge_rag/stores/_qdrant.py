@@ -228,8 +228,7 @@ class QdrantAdapter(VectorStoreAdapter):
         location = getattr(inner, "location", None)
         if location in (None, ":memory:"):
             return None
-        from nudge_rag.state._folder import FolderBackend
-        from nudge_rag.state.places import STATE_FOLDER
+        from nudge_rag.state._folder import STATE_FOLDER, FolderBackend
 
         name = re.sub(r"[^A-Za-z0-9._-]+", "-", self._collection).strip("-.") or "collection"
         if name != self._collection:
