@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import json
 import os
 import re
@@ -44,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from nudge_rag.errors import StoreError
+from nudge_rag.state._postgres import HeldConnection, PostgresBackend, hold_async, hold_sync
 from nudge_rag.stores._base import (
     Metric,
     StoreIdentity,
@@ -97,6 +99,10 @@ class _Sql:
     def fetch(self, sql: str, params: dict[str, Any] | None = None) -> Rows:
         return self.run([(sql, params or {})])[0]
 
+    def hold(self) -> contextlib.AbstractContextManager[HeldConnection]:
+        """One connection of the engine for a whole run (autocommit): it carries our lock."""
+        raise NotImplementedError
+
 
 class _SyncSql(_Sql):
     def __init__(self, engine: Any) -> None:
@@ -115,12 +121,24 @@ class _SyncSql(_Sql):
                 check(out)
         return out
 
+    def hold(self) -> contextlib.AbstractContextManager[HeldConnection]:
+        return hold_sync(self._engine)
+
 
 class _AsyncSql(_Sql):
-    def __init__(self, pool: Any, runner: Callable[[Coroutine[Any, Any, list[Rows]]], Any]):
+    def __init__(
+        self,
+        pool: Any,
+        runner: Callable[[Coroutine[Any, Any, list[Rows]]], Any],
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
         self._pool = pool
         self._runner = runner
+        self._loop = loop  # the engine's own loop (None: each call on a loop of its own)
         self.url = pool.url
+
+    def hold(self) -> contextlib.AbstractContextManager[HeldConnection]:
+        return hold_async(self._pool, self._loop)
 
     async def _run(self, steps: list[Step], check: Check | None) -> list[Rows]:
         from sqlalchemy import text
@@ -157,7 +175,7 @@ def async_sql(pool: Any, loop: asyncio.AbstractEventLoop | None) -> _Sql:
         def on_loop(coro: Coroutine[Any, Any, list[Rows]]) -> list[Rows]:
             return asyncio.run_coroutine_threadsafe(coro, running).result()
 
-        return _AsyncSql(pool, on_loop)
+        return _AsyncSql(pool, on_loop, running)
     from sqlalchemy.ext.asyncio import create_async_engine
     from sqlalchemy.pool import NullPool
 
@@ -292,9 +310,8 @@ class PgVectorAdapter(VectorStoreAdapter):
 
     # -- identity ---------------------------------------------------------------------------
 
-    def identity(self) -> StoreIdentity:
-        # The server (host or socket directory, port), the database and the table; never the
-        # user or password. A LangChain PGVector collection is one store within its table.
+    def _server(self) -> str:
+        """``host:port/database`` (host or socket directory); never the user or password."""
         url = self._sql.url
         query = dict(getattr(url, "query", {}) or {})
         host = url.host or query.get("host") or "localhost"
@@ -306,10 +323,20 @@ class PgVectorAdapter(VectorStoreAdapter):
         port = url.port or query.get("port") or 5432
         if isinstance(port, tuple | list):
             port = port[0]
-        key = f"pgvector:{host}:{port}/{url.database or ''}/{self._t.schema}.{self._t.table}"
+        return f"{host}:{port}/{url.database or ''}"
+
+    def identity(self) -> StoreIdentity:
+        # The server, the database and the table. A LangChain PGVector collection is one store
+        # within its table.
+        key = f"pgvector:{self._server()}/{self._t.schema}.{self._t.table}"
         if self._t.scope is not None:
             key += f"/{self._t.scope[1]}"
         return StoreIdentity(key, True)
+
+    def state_backend(self, scope: str) -> PostgresBackend:
+        """Our state in the table ``nudge_rag_state`` beside the store's, in its schema, through
+        the store's own engine; the lock is an advisory lock (:mod:`nudge_rag.state._postgres`)."""
+        return PostgresBackend(self._sql, self._t.schema, scope, self._server())
 
     # -- SQL pieces ---------------------------------------------------------------------------
 

@@ -1,0 +1,398 @@
+"""The PostgreSQL place: a store's state in a table beside the user's, in the same database.
+
+What we add to the user's database, and nothing else:
+
+* one table, ``<schema>.nudge_rag_state`` (the schema of the store's own table)::
+
+      CREATE TABLE nudge_rag_state (
+          scope text NOT NULL,            -- the store's identity key (one row set per store)
+          key   text COLLATE "C" NOT NULL,  -- CURRENT, gen-000007/manifest.json, fb/0/..., ...
+          data  bytea NOT NULL,
+          PRIMARY KEY (scope, key))
+
+  created on the first write (``CREATE TABLE IF NOT EXISTS`` under a transaction-level advisory
+  lock, so two replicas creating it at once do not collide), read as "no state" while missing;
+* while a fine-tune or a revert runs, a session-level **advisory lock** keyed by a hash of the
+  scope (``pg_try_advisory_lock(bigint)``), held by one connection of the store's own engine for
+  the run and released when the run ends, or by the server when that connection dies (a killed
+  process, a lost container).
+
+Every statement goes through the store's own engine (the same credentials and connection
+settings as the user's): a SQLAlchemy ``Engine`` (LlamaIndex ``PGVectorStore``, LangChain
+``PGVector``) or ``AsyncEngine`` (LangChain ``PGVectorStore``'s ``PGEngine``). The user's rows are
+never read or written here.
+
+To remove everything of ours from a database (see :func:`drop_sql`)::
+
+    DROP TABLE IF EXISTS "public"."nudge_rag_state";                -- every store's state
+    DELETE FROM "public"."nudge_rag_state" WHERE scope = '<key>';  -- one store's state
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
+from typing import Any, Protocol
+
+from nudge_rag._faults import checkpoint
+from nudge_rag.errors import StateError, StoreBusyError
+from nudge_rag.state._base import KVBackend
+
+__all__ = ["TABLE", "HeldConnection", "PostgresBackend", "SqlRunner", "drop_sql", "lock_key"]
+
+#: The one table nudge_rag adds to a database (in the schema of the store's table).
+TABLE = "nudge_rag_state"
+
+Rows = list[tuple[Any, ...]]
+Step = tuple[str, dict[str, Any]]
+Fetch = Callable[[str, dict[str, Any]], Rows]
+
+#: Bytes per statement of a write (a chunk of a blob and its key: bytea holds up to 1 GB).
+_STATEMENT_BYTES = 16 << 20
+_POLL_MAX = 0.5
+
+
+class SqlRunner(Protocol):
+    """What the PostgreSQL place needs of the store's SQL (``nudge_rag.stores._pgvector._Sql``)."""
+
+    def run(
+        self, steps: list[Step], check: Callable[[list[Rows]], None] | None = None
+    ) -> list[Rows]: ...
+
+    def hold(self) -> contextlib.AbstractContextManager[HeldConnection]: ...
+
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def lock_key(scope: str) -> int:
+    """The advisory lock key of a scope: a signed 64-bit integer from its sha256."""
+    digest = hashlib.sha256(f"nudge_rag_state:{scope}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def drop_sql(schema: str = "public", scope: str | None = None) -> str:
+    """The SQL that removes what nudge_rag keeps in a database: the whole table, or one store's
+    rows of it (``scope``: the store's identity key, ``finetuner.identity.key``)."""
+    rel = f"{_q(schema)}.{_q(TABLE)}"
+    if scope is None:
+        return f"DROP TABLE IF EXISTS {rel};"
+    return f"DELETE FROM {rel} WHERE scope = '{scope.replace(chr(39), chr(39) * 2)}';"
+
+
+def _like_prefix(prefix: str) -> str:
+    esc = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return esc + "%"
+
+
+# ---------------------------------------------------------------------------------------------
+# One connection held for a run (the advisory lock lives as long as it does)
+# ---------------------------------------------------------------------------------------------
+class HeldConnection:
+    """A connection of the store's engine, in autocommit, kept for the length of a run.
+
+    ``fetch`` runs one statement on it; ``discard`` closes it for good rather than handing it
+    back to the pool (a connection that may still hold our lock must never serve anyone else).
+    """
+
+    def __init__(self, fetch: Fetch, discard: Callable[[], None]) -> None:
+        self.fetch = fetch
+        self.discard = discard
+
+
+@contextlib.contextmanager
+def hold_sync(engine: Any) -> Iterator[HeldConnection]:
+    """A connection of a SQLAlchemy ``Engine`` (checked out of the user's pool for the run)."""
+    from sqlalchemy import text
+
+    conn = engine.connect()
+    conn.execution_options(isolation_level="AUTOCOMMIT")
+    gone = False
+
+    def fetch(sql: str, params: dict[str, Any]) -> Rows:
+        res = conn.execute(text(sql), params)
+        return [tuple(r) for r in res.fetchall()] if res.returns_rows else []
+
+    def discard() -> None:
+        nonlocal gone
+        gone = True
+        with contextlib.suppress(Exception):
+            conn.invalidate()
+
+    try:
+        yield HeldConnection(fetch, discard)
+    finally:
+        with contextlib.suppress(Exception):
+            conn.close()
+
+
+@contextlib.contextmanager
+def hold_async(engine: Any, loop: asyncio.AbstractEventLoop | None) -> Iterator[HeldConnection]:
+    """A connection of a SQLAlchemy ``AsyncEngine``, kept for the run.
+
+    An asyncpg connection belongs to the event loop that opened it, so it is opened, used and
+    closed on one loop: the store's own (``PGEngine``'s background loop, its pool), else a loop
+    of our own on a thread that lives as long as the connection.
+    """
+    from sqlalchemy import text
+
+    thread = None
+    if loop is None:
+        loop = asyncio.new_event_loop()
+        thread = threading.Thread(target=loop.run_forever, name="nudge-rag-lock", daemon=True)
+        thread.start()
+    on = loop
+
+    def call(coro: Coroutine[Any, Any, Any]) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, on).result()
+
+    async def connect() -> Any:
+        conn = await engine.connect()
+        await conn.execution_options(isolation_level="AUTOCOMMIT")
+        return conn
+
+    async def execute(conn: Any, sql: str, params: dict[str, Any]) -> Rows:
+        res = await conn.execute(text(sql), params)
+        return [tuple(r) for r in res.fetchall()] if res.returns_rows else []
+
+    try:
+        conn = call(connect())
+
+        def fetch(sql: str, params: dict[str, Any]) -> Rows:
+            rows: Rows = call(execute(conn, sql, params))
+            return rows
+
+        def discard() -> None:
+            with contextlib.suppress(Exception):
+                call(conn.invalidate())
+
+        try:
+            yield HeldConnection(fetch, discard)
+        finally:
+            with contextlib.suppress(Exception):
+                call(conn.close())
+    finally:
+        if thread is not None:
+            on.call_soon_threadsafe(on.stop)
+            thread.join()
+            on.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# The backend
+# ---------------------------------------------------------------------------------------------
+class PostgresBackend(KVBackend):
+    """A store's state in the table ``<schema>.nudge_rag_state`` of the store's own database,
+    under ``scope`` (the store's identity key); the lock is a PostgreSQL advisory lock.
+
+    See the module docstring for the table, the lock and how to remove them.
+
+    Args:
+        sql: Runs statements on the store's own engine (``run`` in one transaction, ``hold``
+            a connection for a run).
+        schema: The schema of the store's table (ours goes beside it).
+        scope: The store's identity key.
+        server: Where the database is, for messages (``host:port/database``; no credentials).
+    """
+
+    kind = "postgres"
+    chunk_bytes = 16 << 20  # bytea holds up to 1 GB; 16 MB per row keeps statements modest
+
+    def __init__(self, sql: SqlRunner, schema: str, scope: str, server: str = "") -> None:
+        self._sql = sql
+        self.schema = schema
+        self.scope = scope
+        self.table = f"{_q(schema)}.{_q(TABLE)}"
+        self.where = f"postgresql://{server} table {schema}.{TABLE} scope {scope}"
+        self._exists = False
+
+    # -- the table --------------------------------------------------------------------------
+    def _table_exists(self) -> bool:
+        if not self._exists:
+            rows = self._sql.run([("SELECT to_regclass(:rel) IS NOT NULL", {"rel": self.table})])
+            self._exists = bool(rows[0][0][0])
+        return self._exists
+
+    def _read(self, sql: str, params: dict[str, Any]) -> Rows:
+        """One statement on the table; a table dropped since it was seen reads as empty."""
+        try:
+            return self._sql.run([(sql, params)])[0]
+        except Exception:
+            self._exists = False
+            if self._table_exists():
+                raise
+            return []
+
+    def create_table(self) -> None:
+        """Create the table if it is missing (two replicas at once: one creates, one waits)."""
+        if self._table_exists():
+            return
+        ddl = (
+            f"CREATE TABLE IF NOT EXISTS {self.table} (scope text NOT NULL, "
+            'key text COLLATE "C" NOT NULL, data bytea NOT NULL, PRIMARY KEY (scope, key))'
+        )
+        comment = (
+            f"COMMENT ON TABLE {self.table} IS 'nudge_rag fine-tuning state: original vectors, "
+            "journal and feedback of each store (scope); drop it to forget them'"
+        )
+        # CREATE TABLE IF NOT EXISTS is not safe against itself (both see no table, one fails on
+        # the catalog's unique index): creators queue on a transaction-level advisory lock.
+        guard = ("SELECT pg_advisory_xact_lock(:k)", {"k": lock_key(f"create {self.table}")})
+        self._sql.run([guard, (ddl, {}), (comment, {})])
+        self._exists = True
+
+    def drop_table(self) -> None:
+        """Remove the table: the state of every store of this schema (irreversible)."""
+        self._sql.run([(drop_sql(self.schema), {})])
+        self._exists = False
+
+    def clear(self) -> None:
+        """Remove this store's rows (its journal, originals and feedback; irreversible)."""
+        if self._table_exists():
+            self._sql.run([(f"DELETE FROM {self.table} WHERE scope = :s", {"s": self.scope})])
+
+    # -- the key-value interface --------------------------------------------------------------
+    def _get(self, keys: Sequence[str]) -> dict[str, bytes]:
+        if not keys or not self._table_exists():
+            return {}
+        sql = (
+            f"SELECT key, data FROM {self.table} WHERE scope = :s "
+            "AND key = ANY(CAST(:keys AS text[]))"
+        )
+        rows = self._read(sql, {"s": self.scope, "keys": list(keys)})
+        return {str(k): bytes(v) for k, v in rows}
+
+    def _put(self, items: Mapping[str, bytes]) -> None:
+        if not items:
+            return
+        self.create_table()
+        sql = (
+            f"INSERT INTO {self.table} (scope, key, data) "
+            "SELECT :s, k, d FROM unnest(CAST(:keys AS text[]), CAST(:data AS bytea[])) AS u(k, d) "
+            "ON CONFLICT (scope, key) DO UPDATE SET data = EXCLUDED.data"
+        )
+        steps: list[Step] = []
+        keys: list[str] = []
+        data: list[bytes] = []
+        size = 0
+        for k, v in items.items():
+            if keys and size + len(v) > _STATEMENT_BYTES:
+                steps.append((sql, {"s": self.scope, "keys": keys, "data": data}))
+                keys, data, size = [], [], 0
+            keys.append(k)
+            data.append(bytes(v))
+            size += len(v)
+        steps.append((sql, {"s": self.scope, "keys": keys, "data": data}))
+
+        def before_commit(_: list[Rows]) -> None:
+            checkpoint("state.put")  # killed here: the transaction dies with the connection
+
+        try:
+            self._sql.run(steps, before_commit)
+        except Exception:
+            self._exists = False  # dropped since it was seen (a user's DROP TABLE): once more
+            if self._table_exists():
+                raise
+            self.create_table()
+            self._sql.run(steps, before_commit)
+
+    def _delete(self, keys: Sequence[str]) -> None:
+        if not keys or not self._table_exists():
+            return
+        sql = f"DELETE FROM {self.table} WHERE scope = :s AND key = ANY(CAST(:keys AS text[]))"
+        self._read(sql, {"s": self.scope, "keys": list(keys)})
+
+    def _keys(self, prefix: str) -> list[str]:
+        if not self._table_exists():
+            return []
+        sql = (
+            f"SELECT key FROM {self.table} WHERE scope = :s AND key LIKE :p ESCAPE '\\' "
+            "ORDER BY key"
+        )
+        rows = self._read(sql, {"s": self.scope, "p": _like_prefix(prefix)})
+        return [str(r[0]) for r in rows]
+
+    # -- the lock -----------------------------------------------------------------------------
+    def lock(self, timeout: float | None = 0.0) -> contextlib.AbstractContextManager[Any]:
+        return self._advisory(timeout)
+
+    @contextlib.contextmanager
+    def _advisory(self, timeout: float | None) -> Iterator[PostgresBackend]:
+        key = lock_key(self.scope)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._sql.hold() as conn:
+            me = conn.fetch("SELECT pg_backend_pid()", {})[0][0]
+            delay = 0.02
+            while True:
+                if conn.fetch("SELECT pg_try_advisory_lock(:k)", {"k": key})[0][0]:
+                    break
+                if deadline is not None and time.monotonic() >= deadline:
+                    msg = (
+                        "another fine-tune or revert of this store is running (advisory lock "
+                        f"{key} in {self.where}, held by {self._holder(conn, key)}); wait for "
+                        "it, or pass lock_timeout=None to wait for it to finish"
+                    )
+                    raise StoreBusyError(msg)
+                time.sleep(delay if deadline is None else min(delay, deadline - time.monotonic()))
+                delay = min(delay * 2, _POLL_MAX)
+            try:
+                self._note_owner(int(me))
+                yield self
+            finally:
+                released = False
+                with contextlib.suppress(Exception):
+                    released = bool(conn.fetch("SELECT pg_advisory_unlock(:k)", {"k": key})[0][0])
+                if not released:
+                    conn.discard()  # never hand a connection holding our lock back to a pool
+
+    def _note_owner(self, backend_pid: int) -> None:
+        """Who holds the lock, for the message another run gives (best effort)."""
+        owner = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "backend_pid": backend_pid,
+            "since": time.time(),
+        }
+        with contextlib.suppress(Exception):
+            self._put({"LOCK_OWNER": b"=" + json.dumps(owner).encode("utf-8")})
+
+    def _holder(self, conn: HeldConnection, key: int) -> str:
+        """The session holding the advisory lock ``key``, as the server and we know it."""
+        hi, lo = (key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF
+        try:
+            rows = conn.fetch(
+                "SELECT a.pid, a.application_name, host(a.client_addr), a.backend_start "
+                "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+                "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 "
+                "AND CAST(l.classid AS bigint) = :hi AND CAST(l.objid AS bigint) = :lo "
+                "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+                {"hi": hi, "lo": lo},
+            )
+        except Exception:  # pg_stat_activity may be restricted: say what we can
+            rows = []
+        if not rows:
+            return "another session (it could not be named)"
+        pid, app, addr, start = rows[0]
+        where = f"server process {pid}"
+        if addr:
+            where += f" from {addr}"
+        if app:
+            where += f" ({app})"
+        if start is not None:
+            where += f", connected since {start}"
+        try:
+            raw = self._blob("LOCK_OWNER")
+            owner = json.loads(raw) if raw else {}
+        except (StateError, ValueError):
+            owner = {}
+        if owner.get("backend_pid") == pid:
+            where = f"pid {owner.get('pid')} on {owner.get('host')}, {where}"
+        return where
