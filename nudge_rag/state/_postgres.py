@@ -15,7 +15,9 @@ What we add to the user's database, and nothing else:
 * while a fine-tune or a revert runs, a session-level **advisory lock** keyed by a hash of the
   scope (``pg_try_advisory_lock(bigint)``), held by one connection of the store's own engine for
   the run and released when the run ends, or by the server when that connection dies (a killed
-  process, a lost container).
+  process, a lost container). While it holds the lock that session's ``application_name`` is
+  ``nudge_rag lock pid <pid> on <host>`` (``pg_stat_activity`` shows who runs; the name it had
+  is put back afterwards).
 
 Every statement goes through the store's own engine (the same credentials and connection
 settings as the user's): a SQLAlchemy ``Engine`` (LlamaIndex ``PGVectorStore``, LangChain
@@ -33,7 +35,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
 import os
 import socket
 import threading
@@ -42,13 +43,15 @@ from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 from nudge_rag._faults import checkpoint
-from nudge_rag.errors import StateError, StoreBusyError
+from nudge_rag.errors import StoreBusyError
 from nudge_rag.state._base import KVBackend
 
 __all__ = ["TABLE", "HeldConnection", "PostgresBackend", "SqlRunner", "drop_sql", "lock_key"]
 
 #: The one table nudge_rag adds to a database (in the schema of the store's table).
 TABLE = "nudge_rag_state"
+#: The ``application_name`` of the session holding a store's lock: ``nudge_rag lock pid N on H``.
+OWNER_PREFIX = "nudge_rag lock"
 
 Rows = list[tuple[Any, ...]]
 Step = tuple[str, dict[str, Any]]
@@ -329,7 +332,6 @@ class PostgresBackend(KVBackend):
         key = lock_key(self.scope)
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._sql.hold() as conn:
-            me = conn.fetch("SELECT pg_backend_pid()", {})[0][0]
             delay = 0.02
             while True:
                 if conn.fetch("SELECT pg_try_advisory_lock(:k)", {"k": key})[0][0]:
@@ -343,26 +345,23 @@ class PostgresBackend(KVBackend):
                     raise StoreBusyError(msg)
                 time.sleep(delay if deadline is None else min(delay, deadline - time.monotonic()))
                 delay = min(delay * 2, _POLL_MAX)
+            # Who holds it, for the message another run gives and for pg_stat_activity: the
+            # session's application_name, put back as it was before the connection goes back.
+            old = None
+            with contextlib.suppress(Exception):
+                old = conn.fetch("SELECT current_setting('application_name')", {})[0][0]
+                name = f"{OWNER_PREFIX} pid {os.getpid()} on {socket.gethostname()}"
+                conn.fetch("SELECT set_config('application_name', :v, false)", {"v": name[:63]})
             try:
-                self._note_owner(int(me))
                 yield self
             finally:
                 released = False
                 with contextlib.suppress(Exception):
                     released = bool(conn.fetch("SELECT pg_advisory_unlock(:k)", {"k": key})[0][0])
+                    if old is not None:
+                        conn.fetch("SELECT set_config('application_name', :v, false)", {"v": old})
                 if not released:
                     conn.discard()  # never hand a connection holding our lock back to a pool
-
-    def _note_owner(self, backend_pid: int) -> None:
-        """Who holds the lock, for the message another run gives (best effort)."""
-        owner = {
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-            "backend_pid": backend_pid,
-            "since": time.time(),
-        }
-        with contextlib.suppress(Exception):
-            self._put({"LOCK_OWNER": b"=" + json.dumps(owner).encode("utf-8")})
 
     def _holder(self, conn: HeldConnection, key: int) -> str:
         """The session holding the advisory lock ``key``, as the server and we know it."""
@@ -381,18 +380,12 @@ class PostgresBackend(KVBackend):
         if not rows:
             return "another session (it could not be named)"
         pid, app, addr, start = rows[0]
-        where = f"server process {pid}"
+        if app and str(app).startswith(OWNER_PREFIX + " "):
+            who = str(app)[len(OWNER_PREFIX) + 1 :] + f", server process {pid}"
+        else:
+            who = f"server process {pid}" + (f" ({app})" if app else "")
         if addr:
-            where += f" from {addr}"
-        if app:
-            where += f" ({app})"
+            who += f" from {addr}"
         if start is not None:
-            where += f", connected since {start}"
-        try:
-            raw = self._blob("LOCK_OWNER")
-            owner = json.loads(raw) if raw else {}
-        except (StateError, ValueError):
-            owner = {}
-        if owner.get("backend_pid") == pid:
-            where = f"pid {owner.get('pid')} on {owner.get('host')}, {where}"
-        return where
+            who += f", connected since {start}"
+        return who

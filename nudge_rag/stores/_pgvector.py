@@ -308,10 +308,8 @@ class PgVectorAdapter(VectorStoreAdapter):
             raise StoreError(msg) from exc
         return {str(n): str(t) for n, t in rows}
 
-    # -- identity ---------------------------------------------------------------------------
-
     def _server(self) -> str:
-        """``host:port/database`` (host or socket directory); never the user or password."""
+        """Identity: ``host:port/database`` (host or socket directory); never the password."""
         url = self._sql.url
         query = dict(getattr(url, "query", {}) or {})
         host = url.host or query.get("host") or "localhost"
@@ -325,17 +323,21 @@ class PgVectorAdapter(VectorStoreAdapter):
             port = port[0]
         return f"{host}:{port}/{url.database or ''}"
 
+    def _in_database(self) -> str:
+        """The store within its database: the table (and a LangChain PGVector collection)."""
+        key = f"{self._t.schema}.{self._t.table}"
+        return key if self._t.scope is None else f"{key}/{self._t.scope[1]}"
+
     def identity(self) -> StoreIdentity:
-        # The server, the database and the table. A LangChain PGVector collection is one store
-        # within its table.
-        key = f"pgvector:{self._server()}/{self._t.schema}.{self._t.table}"
-        if self._t.scope is not None:
-            key += f"/{self._t.scope[1]}"
-        return StoreIdentity(key, True)
+        return StoreIdentity(f"pgvector:{self._server()}/{self._in_database()}", True)
 
     def state_backend(self, scope: str) -> PostgresBackend:
         """Our state in the table ``nudge_rag_state`` beside the store's, in its schema, through
-        the store's own engine; the lock is an advisory lock (:mod:`nudge_rag.state._postgres`)."""
+        the store's own engine; the lock is an advisory lock (:mod:`nudge_rag.state._postgres`).
+        The store's own identity is scoped within the database, so that replicas reaching it
+        under other host names (a pooler, a service name) share one state and one lock."""
+        if scope == self.identity().key:
+            scope = f"pgvector:{self._in_database()}"
         return PostgresBackend(self._sql, self._t.schema, scope, self._server())
 
     # -- SQL pieces ---------------------------------------------------------------------------

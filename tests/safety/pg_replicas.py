@@ -34,8 +34,10 @@ FRAMEWORKS = ["langchain", "llamaindex"]
 # ---------------------------------------------------------------------------------------------
 # The corpus and the queries
 # ---------------------------------------------------------------------------------------------
-def rid(i: int) -> str:
-    return f"r{i:03d}"
+def rid(i: int, name: str) -> str:
+    """Record ``i`` of the store ``name`` (LangChain's ``langchain_pg_embedding`` keys ids
+    across every collection: a second collection given the same ids would take none)."""
+    return f"{name}-r{i:03d}"
 
 
 def texts() -> list[str]:
@@ -45,11 +47,13 @@ def texts() -> list[str]:
     ]
 
 
-def queries(lo: int, hi: int, per: int = 1, word: str = "question") -> list[tuple[str, list[str]]]:
+def queries(
+    name: str, lo: int, hi: int, per: int = 1, word: str = "question"
+) -> list[tuple[str, list[str]]]:
     """``per`` training queries for each record ``lo`` ... ``hi - 1``; each shares words with
     other records than its answer, so that NUDGE has something to move."""
     return [
-        (f"{word} topic{i} alpha{(i + 1) % 7} beta{(i + 2) % 5} v{v}", [rid(i)])
+        (f"{word} topic{i} alpha{(i + 1) % 7} beta{(i + 2) % 5} v{v}", [rid(i, name)])
         for v in range(per)
         for i in range(lo, hi)
     ]
@@ -85,7 +89,7 @@ def opened(
         try:
             vs = PGVector(emb.as_langchain(), connection=engine, collection_name=name)
             if create:
-                vs.add_texts(texts(), ids=[rid(i) for i in range(N)], metadatas=_metas())
+                vs.add_texts(texts(), ids=[rid(i, name) for i in range(N)], metadatas=_metas())
             yield vs
         finally:
             engine.dispose()
@@ -105,7 +109,7 @@ def opened(
                 vecs = emb.embed(texts())
                 vs.add(
                     [
-                        TextNode(id_=rid(i), text=t, metadata=m, embedding=v.tolist())
+                        TextNode(id_=rid(i, name), text=t, metadata=m, embedding=v.tolist())
                         for i, (t, m, v) in enumerate(zip(texts(), _metas(), vecs, strict=True))
                     ]
                 )
@@ -258,7 +262,7 @@ def job_finetune(
         ft = finetuner(vs, framework, lock_timeout=lock_timeout)
         wait_on(gate)
         try:
-            ft.finetune(queries(lo, hi, word=word))
+            ft.finetune(queries(name, lo, hi, word=word))
         except StoreBusyError as exc:
             return {"busy": str(exc), "pid": os.getpid()}
         return {**_report(ft.report), "pid": os.getpid()}
@@ -274,7 +278,7 @@ def job_record(framework: str, urls: dict[str, str], name: str, lo: int, hi: int
     """Confirm one answer for each record ``lo`` ... ``hi - 1`` (``ft.record``)."""
     with opened(framework, urls, name) as vs:
         ft = finetuner(vs, framework)
-        for q, ans in queries(lo, hi, word="asked"):
+        for q, ans in queries(name, lo, hi, word="asked"):
             ft.record(q, ans, source="chat")
         return {"recorded": hi - lo, "where": str(getattr(ft.feedback, "path", ""))}
 

@@ -64,15 +64,14 @@ class Deployment:
         data: dict[str, list[float]] = json.loads(out.read_text())
         return data
 
+    def ids(self, lo: int, hi: int) -> list[str]:
+        return [R.rid(i, self.name) for i in range(lo, hi)]
+
     def changed(self) -> list[str]:
         """Records whose vector is not its original, bit for bit."""
         now = self.truth()
         assert set(now) == set(self.originals)
         return sorted(i for i in now if now[i] != self.originals[i])
-
-
-def ids(lo: int, hi: int) -> list[str]:
-    return [R.rid(i) for i in range(lo, hi)]
 
 
 @pytest.fixture(params=R.FRAMEWORKS)
@@ -95,10 +94,10 @@ def sockets() -> Iterator[Path]:
 def test_row1_two_replicas_overlap_then_both_revert(dep: Deployment) -> None:
     one = dep.job("finetune", "one", lo=0, hi=100)
     two = dep.job("finetune", "two", lo=50, hi=150)
-    assert sorted(one["moved_ids"]) == ids(0, 100)
-    assert sorted(two["moved_ids"]) == ids(50, 150)
+    assert sorted(one["moved_ids"]) == dep.ids(0, 100)
+    assert sorted(two["moved_ids"]) == dep.ids(50, 150)
     # Replica two found replica one's state: the records it no longer moves got their originals.
-    assert sorted(two["restored_ids"]) == ids(0, 50)
+    assert sorted(two["restored_ids"]) == dep.ids(0, 50)
     assert "nudge_rag_state" in two["state_dir"]
     back = dep.job("revert", "one")
     assert back["n_restored"] == 150 and back["mismatched_ids"] == []
@@ -113,7 +112,7 @@ def test_row2_wiped_home_then_the_same_queries(dep: Deployment) -> None:
     dep.wipe("one")
     second = dep.job("finetune", "one", lo=0, hi=100)
     # It started from the originals kept in PostgreSQL: the same move, nothing left to write.
-    assert sorted(second["moved_ids"]) == ids(0, 100)
+    assert sorted(second["moved_ids"]) == dep.ids(0, 100)
     assert second["n_written"] == 0 and second["adopted_ids"] == []
     dep.wipe("one")
     assert dep.job("revert", "one")["n_restored"] == 100
@@ -124,9 +123,9 @@ def test_row3_wiped_home_then_other_queries(dep: Deployment) -> None:
     dep.job("finetune", "one", lo=0, hi=100)
     dep.wipe("one")
     other = dep.job("finetune", "one", lo=100, hi=200, word="asked")
-    assert sorted(other["moved_ids"]) == ids(100, 200)
-    assert sorted(other["restored_ids"]) == ids(0, 100)  # the earlier run's records, named
-    assert dep.changed() == ids(100, 200)
+    assert sorted(other["moved_ids"]) == dep.ids(100, 200)
+    assert sorted(other["restored_ids"]) == dep.ids(0, 100)  # the earlier run's records, named
+    assert dep.changed() == dep.ids(100, 200)
     dep.wipe("one")
     assert dep.job("revert", "one")["n_restored"] == 100
     assert dep.changed() == []
@@ -160,7 +159,7 @@ def test_row5_both_replicas_at_the_same_moment(dep: Deployment, sockets: Path) -
         assert len(busy) == 1 and "another fine-tune or revert" in busy[0]["busy"]
     else:  # serialised: the later one found the earlier one's state and restored its records
         later = rb if set(rb["restored_ids"]) else ra
-        assert set(later["restored_ids"]) == set(ids(0, 150)) - set(later["moved_ids"])
+        assert set(later["restored_ids"]) == set(dep.ids(0, 150)) - set(later["moved_ids"])
     dep.wipe("one")
     dep.wipe("two")
     dep.job("revert", "three")
@@ -183,8 +182,8 @@ def test_row5_a_replica_that_meets_a_running_one_is_refused_or_waits(
         ra, rb = a.wait().check(), b.wait().check()
     finally:
         pause.close()
-    assert sorted(ra["moved_ids"]) == ids(0, 100)
-    assert sorted(rb["restored_ids"]) == ids(0, 50)  # ran after, from one's state
+    assert sorted(ra["moved_ids"]) == dep.ids(0, 100)
+    assert sorted(rb["restored_ids"]) == dep.ids(0, 50)  # ran after, from one's state
     dep.job("revert", "three")
     assert dep.changed() == []
 
@@ -192,6 +191,6 @@ def test_row5_a_replica_that_meets_a_running_one_is_refused_or_waits(
 def test_row6_control_one_shared_home(dep: Deployment) -> None:
     dep.job("finetune", "shared", lo=0, hi=100)
     two = dep.job("finetune", "shared", lo=50, hi=150)
-    assert sorted(two["restored_ids"]) == ids(0, 50)
+    assert sorted(two["restored_ids"]) == dep.ids(0, 50)
     dep.job("revert", "shared")
     assert dep.changed() == []

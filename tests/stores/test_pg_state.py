@@ -393,3 +393,29 @@ def test_two_finetuners_in_one_process_exclude_each_other(pg_urls: dict[str, str
         pass
     with b.lock(0):  # released on exit, and the connection is back in its pool unlocked
         pass
+
+
+def test_replicas_reaching_the_database_under_other_names_share_one_state(
+    pg_urls: dict[str, str], pg_engine: Any, request: pytest.FixtureRequest, monkeypatch: Any
+) -> None:
+    # One replica goes through a pooler or a service name, another straight to the server: the
+    # store's identity names the host each was given, the state's scope names the table only.
+    pytest.importorskip("langchain_postgres")
+    from langchain_postgres import PGVector
+
+    name = table_name("lc")
+    emb = BagOfWordsEmbedder(8).as_langchain()
+    one = adapter_for(PGVector(emb, connection=pg_engine, collection_name=name))
+    PGVector(emb, connection=pg_engine, collection_name=name).add_texts(["x"], ids=[name])
+    two = adapter_for(PGVector(emb, connection=_engine(pg_urls["psycopg"]), collection_name=name))
+    monkeypatch.setattr(two, "_server", lambda: "db.internal:5432/postgres")
+    assert one.identity() != two.identity()
+    a, b = one.state_backend(one.identity().key), two.state_backend(two.identity().key)
+    assert a.scope == b.scope == f"pgvector:public.langchain_pg_embedding/{one._t.scope[1]}"
+    with a.lock(0), pytest.raises(StoreBusyError), b.lock(0):
+        pass
+    a.feedback_append('{"q": "x"}')
+    assert b.feedback_read(None)[0] == ['{"q": "x"}']
+    a.clear()
+    # A name of the user's (store_id=) is its own scope.
+    assert one.state_backend("user:mine").scope == "user:mine"
