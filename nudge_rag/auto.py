@@ -23,7 +23,7 @@ from nudge_rag.evaluation.metrics import MetricMeans, ranking_metrics
 from nudge_rag.judged import TrainingPairs
 from nudge_rag.reports import FinetuneReport
 from nudge_rag.session import ADAPTOR_FILE, REPORT_K, StoreSession
-from nudge_rag.state import FinetuneState, StateLock
+from nudge_rag.state import FinetuneState, StateBackend
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -52,6 +52,9 @@ class ChoosesMethod:
         @property
         def state_path(self) -> Path: ...
 
+        @property
+        def state_backend(self) -> StateBackend: ...
+
         def _session(self) -> StoreSession: ...
 
         def _unmoved_mode(self) -> str: ...
@@ -68,7 +71,7 @@ class ChoosesMethod:
         session = self._session()
         ident, state_dir = session.identity, session.state_dir
         adapts = bool(self._pipeline is not None and self._pipeline.adapts_queries)
-        with StateLock(state_dir, self.lock_timeout):
+        with session.lock(self.lock_timeout):
             state = session.load_state()
             n_total = self._adapter.count()
             uncovered = 1.0 - len(s_ids) / max(n_total, 1)
@@ -203,9 +206,7 @@ class ChoosesMethod:
         Raises:
             StateError: The state says an adaptor is in force but its file is damaged.
         """
-        if not self.state_path.exists():
-            return None
-        state = FinetuneState.load(self.state_path)
+        state = FinetuneState.load(self.state_backend)
         if state is None or state.status not in ("applied", "unchanged"):
             return None
         if not state.has(ADAPTOR_FILE):

@@ -122,17 +122,33 @@ class FeedbackLog:
         max_entries: Distinct entries kept at most; the least recently confirmed go first.
         compact_factor: Compact when the file holds more than this many lines per live entry.
         fsync: fsync every append (turn off only for tests or throw-away logs).
+        backend: Keep the log in this :class:`~nudge_rag.state.StateBackend` (a table in the
+            store's database, a companion collection) instead of the file ``path``, so that
+            every replica of an application appends to, and reads, the same log. ``path`` then
+            only names it in messages. See :meth:`on`.
     """
 
     path: str | os.PathLike[str]
     max_entries: int = 100_000
     compact_factor: float = 2.0
     fsync: bool = True
+    backend: Any = None
     _entries: OrderedDict[Key, FeedbackEntry] = field(default_factory=OrderedDict, init=False)
     _lines: int = field(default=0, init=False)
     _offset: int = field(default=0, init=False)
     _inode: tuple[int, int] | None = field(default=None, init=False)
     _lock: threading.RLock = field(default_factory=threading.RLock, init=False, repr=False)
+    _cursor: Any = field(default=None, init=False, repr=False)
+
+    @classmethod
+    def on(cls, backend: Any, **options: Any) -> FeedbackLog:
+        """The feedback log kept in a state place: the file ``feedback.jsonl`` of a folder
+        backend, else lines in the backend itself (shared by every process that reaches it)."""
+        from nudge_rag.state import FolderBackend
+
+        if isinstance(backend, FolderBackend):
+            return cls(backend.feedback_path, **options)
+        return cls(f"{backend.where}#feedback", backend=backend, **options)
 
     def __post_init__(self) -> None:
         if (
@@ -145,7 +161,8 @@ class FeedbackLog:
         if not self.compact_factor >= 1.0:
             msg = f"compact_factor must be >= 1; received {self.compact_factor!r}"
             raise ConfigError(msg)
-        self.path = Path(self.path)
+        if self.backend is None:
+            self.path = Path(self.path)
         self._sync()
 
     # ------------------------------------------------------------------ writing
@@ -206,6 +223,15 @@ class FeedbackLog:
 
     def compact(self) -> None:
         """Rewrite the log with its live entries only (temporary sibling, fsync, replace)."""
+        if self.backend is not None:
+            with self._lock:
+                self._sync()
+                self._trim()
+                lines = [json.dumps(e.to_json(), ensure_ascii=False) for e in self._entries.values()]
+                self.backend.feedback_rewrite(lines)
+                self._cursor = None
+                self._sync()
+            return
         with self._lock, self._file_lock():
             self._sync()
             self._trim()
@@ -271,6 +297,9 @@ class FeedbackLog:
         """One ``write`` of one whole line, fsynced. If the file ends in a torn line (a writer
         killed mid-line), a newline first closes it off: it is skipped on read, never glued to
         ours."""
+        if self.backend is not None:
+            self.backend.feedback_append(line)
+            return
         path = Path(self.path)
         path.parent.mkdir(parents=True, exist_ok=True)
         data = (line + "\n").encode("utf-8")
@@ -292,6 +321,15 @@ class FeedbackLog:
     def _sync(self) -> None:
         """Read what was appended since the last look (by us or another process); reload
         everything if the file was replaced (compacted); cut off a torn last line."""
+        if self.backend is not None:
+            lines, self._cursor, reset = self.backend.feedback_read(self._cursor)
+            if reset:
+                self._entries.clear()
+                self._lines = 0
+            for raw in lines:
+                self._apply_raw(raw)
+            self._trim()
+            return
         path = Path(self.path)
         try:
             st = os.stat(path)
@@ -312,16 +350,19 @@ class FeedbackLog:
             data = fh.read()
         end = data.rfind(b"\n") + 1  # a torn last line waits (closed off by the next append)
         for raw in data[:end].splitlines():
-            if not raw.strip():
-                continue
-            try:
-                entry = FeedbackEntry.from_json(json.loads(raw))
-            except (ValueError, KeyError, TypeError) as exc:
-                logger.warning("feedback log %s: skipping an unreadable line (%s)", path, exc)
-                continue
-            self._apply(entry)
+            self._apply_raw(raw)
         self._offset += end
         self._trim()
+
+    def _apply_raw(self, raw: bytes | str) -> None:
+        if not raw.strip():
+            return
+        try:
+            entry = FeedbackEntry.from_json(json.loads(raw))
+        except (ValueError, KeyError, TypeError) as exc:
+            logger.warning("feedback log %s: skipping an unreadable line (%s)", self.path, exc)
+            return
+        self._apply(entry)
 
     def _lock_path(self) -> Path:
         return Path(self.path).with_name(f".{Path(self.path).name}.lock")

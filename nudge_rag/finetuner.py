@@ -48,10 +48,12 @@ from nudge_rag.learning import LearnsFromUse
 from nudge_rag.reports import FinetuneReport, RevertReport
 from nudge_rag.session import REPORT_K, StoreSession
 from nudge_rag.state import (
-    StateLock,
+    FolderBackend,
+    StateBackend,
     default_state_home,
     state_dir_for,
 )
+from nudge_rag.state.places import backend_for
 from nudge_rag.stores import StoreIdentity, VectorStoreAdapter, adapter_for
 
 if TYPE_CHECKING:
@@ -172,6 +174,7 @@ class NudgeEmbeddingFinetuner(LearnsFromUse, ChoosesMethod):
     _adapter: VectorStoreAdapter = field(init=False, repr=False)
     _pipeline: Pipeline | None = field(default=None, init=False, repr=False)
     _feedback: FeedbackLog | None = field(default=None, init=False, repr=False)
+    _backend: StateBackend | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.method not in ("auto", "nudge-n", "nudge-m"):
@@ -297,7 +300,7 @@ class NudgeEmbeddingFinetuner(LearnsFromUse, ChoosesMethod):
             train, val = queries, None
         session = self._session()
         ident, state_dir = session.identity, session.state_dir
-        with StateLock(state_dir, self.lock_timeout):
+        with session.lock(self.lock_timeout):
             state = session.load_state()
             t = time.perf_counter()
             mode = self._unmoved_mode()
@@ -512,8 +515,36 @@ class NudgeEmbeddingFinetuner(LearnsFromUse, ChoosesMethod):
         return self._adapter.identity()
 
     @property
+    def state_backend(self) -> StateBackend:
+        """Where this store's state (originals, journal, lock, feedback log) lives.
+
+        With the store wherever it has a place for it (see :func:`nudge_rag.state.places.backend_for`):
+        a table in its PostgreSQL database, a companion collection on its server, a folder inside
+        or beside its files (``persist_dir``, a Chroma folder, ...). ``state_dir=`` names a folder
+        instead; a store with no place of its own (in memory) uses :attr:`state_path`.
+        """
+        if self._backend is None:
+            self._backend = backend_for(
+                self._adapter,
+                self.identity,
+                state_dir=self.state_dir,
+                persist_dir=self.persist_dir,
+                legacy=self._legacy_path(),
+                lock_timeout=self.lock_timeout,
+            )
+        return self._backend
+
+    @property
     def state_path(self) -> Path:
-        """The folder that holds this store's originals and journal."""
+        """The local folder of this store's state: its state folder when the state is kept in
+        a folder, else the per-user folder that holds local caches (LLM answers)."""
+        be = self.state_backend
+        if isinstance(be, FolderBackend):
+            return be.directory
+        return self._legacy_path()
+
+    def _legacy_path(self) -> Path:
+        """The per-user folder of this store (where every state lived before 0.2)."""
         if self.state_dir is not None:
             return Path(self.state_dir).expanduser()
         ident = self.identity
@@ -541,7 +572,7 @@ class NudgeEmbeddingFinetuner(LearnsFromUse, ChoosesMethod):
         return StoreSession(
             self._adapter,
             self.identity,
-            self.state_path,
+            self.state_backend,
             page_size=self.page_size,
             write_batch_size=self.write_batch_size,
             show_progress=self.show_progress,
@@ -623,7 +654,7 @@ class NudgeEmbeddingFinetuner(LearnsFromUse, ChoosesMethod):
         if not have:
             return
         stored = np.asarray(page.embeddings, dtype=np.float64)[[j for j, _ in have]]
-        state = self._session().load_state() if self.state_path.exists() else None
+        state = self._session().load_state()
         if state is not None and state.active:
             rows = state.row_of()
             for k, (j, _) in enumerate(have):

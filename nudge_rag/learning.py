@@ -35,6 +35,9 @@ class LearnsFromUse:
         @property
         def state_path(self) -> Path: ...
 
+        @property
+        def state_backend(self) -> Any: ...
+
         def _resolve(self) -> Pipeline: ...
 
         def finetune(
@@ -48,10 +51,12 @@ class LearnsFromUse:
 
     @property
     def feedback(self) -> FeedbackLog:
-        """The store's feedback log (``feedback.jsonl`` in its state folder): what users
-        confirmed for which query, durable across restarts, bounded and de-duplicated."""
+        """The store's feedback log, kept with its state (``feedback.jsonl`` in a state folder,
+        or beside the store in its database or server, where every replica appends to and
+        reads the same log): what users confirmed for which query, durable across restarts,
+        bounded and de-duplicated."""
         if self._feedback is None:
-            self._feedback = FeedbackLog(self.state_path / "feedback.jsonl")
+            self._feedback = FeedbackLog.on(self.state_backend)
         return self._feedback
 
     def record(

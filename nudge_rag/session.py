@@ -15,7 +15,6 @@ import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,7 +30,7 @@ from nudge_rag.errors import (
     WriteBackError,
 )
 from nudge_rag.reports import RevertReport
-from nudge_rag.state import FinetuneState, StateLock, vectors_match
+from nudge_rag.state import FinetuneState, StateBackend, vectors_match
 from nudge_rag.stores import StoreIdentity, VectorStoreAdapter
 from nudge_rag.stores._base import name_ids
 
@@ -69,7 +68,7 @@ class StoreSession:
     Attributes:
         adapter: The store's adapter.
         identity: The store's identity (recorded with the state, checked on load).
-        state_dir: Its state folder.
+        backend: Where its state lives (a folder, or a table / collection beside the store).
         page_size: Records read per page (and per ``get``).
         write_batch_size: Records written per call to the store.
         show_progress: Progress bars while reading.
@@ -78,7 +77,7 @@ class StoreSession:
 
     adapter: VectorStoreAdapter
     identity: StoreIdentity
-    state_dir: Path
+    backend: StateBackend
     page_size: int = 1000
     write_batch_size: int = 500
     show_progress: bool = False
@@ -86,14 +85,25 @@ class StoreSession:
     claimed: bool = field(default=False, init=False)
     n_written: int = field(default=0, init=False)  # records the last write() sent to the store
 
+    @property
+    def state_dir(self) -> str:
+        """Where the state lives, as text (a folder path, or a table/collection)."""
+        return self.backend.where
+
+    def lock(self, timeout: float | None) -> Any:
+        """The store's lock (see :meth:`nudge_rag.state.StateBackend.lock`)."""
+        return self.backend.lock(timeout)
+
     def load_state(self) -> FinetuneState | None:
         """The state in force for this store (StateError if it belongs to another store)."""
         state_dir, ident = self.state_dir, self.identity
-        state = FinetuneState.load(state_dir)
+        state = FinetuneState.load(self.backend)
         if state is None:
             return None
         self.claimed = False
-        if state.identity == ident.key:
+        if state.identity == ident.key or self.backend.with_store:
+            # A place that travels with the store holds only its state (a copied folder
+            # carries its own, written when the copy still had the old path).
             return state
         owner = _live_process_owner(state.identity)
         if (state.manifest.get("durable") and ident.durable) or owner:
@@ -375,7 +385,7 @@ class StoreSession:
                 # in the store; it drops a query-side adaptor kept here).
                 empty = np.zeros((0, read.dim), dtype=np.float64)
                 FinetuneState.commit(
-                    self.state_dir,
+                    self.backend,
                     ids=[],
                     originals=empty,
                     targets=empty,
@@ -405,7 +415,7 @@ class StoreSession:
             targets[r] = new[r] if r < len(moved_ids) else originals[r]
         ident = self.identity
         journal = FinetuneState.commit(
-            self.state_dir,
+            self.backend,
             ids=ids,
             originals=originals,
             targets=targets,
@@ -466,7 +476,7 @@ class StoreSession:
         cut short, and after a revert that was; reverting twice is harmless.
         """
         state_dir = self.state_dir
-        with StateLock(state_dir, lock_timeout):
+        with self.lock(lock_timeout):
             state = self.load_state()
             if state is None:
                 note = (

@@ -58,11 +58,15 @@ class StateBackend(abc.ABC):
             ``"postgresql://host:5432/db table public.nudge_rag_state"``.
         kind: ``"folder"``, ``"postgres"``, ``"chroma"``, ``"milvus"``, ...
         local_dir: The folder for a folder backend (None elsewhere).
+        with_store: True for a place that travels with the store (inside its database, its
+            server or its files): a state found there is the store's own, even when the store's
+            identity reads differently now (a copied folder has another path).
     """
 
     where: str
     kind: str
     local_dir: Any = None
+    with_store: bool = False
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.where}>"
@@ -178,6 +182,7 @@ class KVBackend(StateBackend):
     """
 
     chunk_bytes: int = 1 << 20
+    with_store = True
     settle_seconds: float = 0.2
 
     # -- the key-value interface --------------------------------------------------------------
