@@ -130,7 +130,7 @@ def finetuner(store: Any, framework: str, **kw: Any) -> Any:
 
     kw.setdefault("gamma", GAMMA)
     kw.setdefault("write_batch_size", 25)
-    embed = embedder() if framework == "llamaindex" else None  # a bare LlamaIndex store
+    embed = embedder().as_llamaindex() if framework == "llamaindex" else None  # a bare store
     return NudgeEmbeddingFinetuner(store, embed_model=embed, **kw)
 
 
