@@ -238,6 +238,7 @@ def job_finetune(
     gate: str | None = None,
     pause: str | None = None,
     lock_timeout: float | None = 0.0,
+    write_batch_size: int = 25,
 ) -> dict[str, Any]:
     """Fine-tune on queries of records ``lo`` ... ``hi - 1``. ``gate``: wait on it before
     starting; ``pause``: after the first write batch (the lock held, the store half-written),
@@ -259,7 +260,7 @@ def job_finetune(
 
         _base.checkpoint = hold  # type: ignore[assignment]
     with opened(framework, urls, name) as vs:
-        ft = finetuner(vs, framework, lock_timeout=lock_timeout)
+        ft = finetuner(vs, framework, lock_timeout=lock_timeout, write_batch_size=write_batch_size)
         wait_on(gate)
         try:
             ft.finetune(queries(name, lo, hi, word=word))

@@ -79,12 +79,11 @@ class PgCrashRig(C.CrashRig):
         engine = create_engine(self.urls["psycopg"])
         with R.opened(self.framework, self.urls, self.name) as vs:
             ad = adapter_for(vs)
-            table, key = ad._t, ad.identity().key
+            table, scope = ad._t, ad.state_backend(ad.identity().key).scope
         from nudge_rag.state._postgres import PostgresBackend
         from nudge_rag.stores._pgvector import sync_sql
 
-        be = PostgresBackend(sync_sql(engine), table.schema, key)
-        return engine, table, be
+        return engine, table, PostgresBackend(sync_sql(engine), table.schema, scope)
 
     def _sql(self, steps: list[tuple[str, dict[str, Any]]]) -> None:
         from sqlalchemy import text
