@@ -39,6 +39,7 @@ import os
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -322,6 +323,70 @@ class PostgresBackend(KVBackend):
         )
         rows = self._read(sql, {"s": self.scope, "p": _like_prefix(prefix)})
         return [str(r[0]) for r in rows]
+
+    # -- feedback: appends and a compaction that cannot lose each other's lines ------------------
+    # As KVBackend keeps them (one key per line, ``fb/<epoch>/<time>-<id>``), but an append
+    # reads the epoch inside its INSERT under a shared transaction-level advisory lock, and a
+    # rewrite switches epochs in one transaction under the exclusive one, carrying over every
+    # line of the old epoch its caller had not read (appended by another replica meanwhile).
+    _fb_seen: frozenset[str] = frozenset()
+
+    def _epoch_sql(self) -> str:
+        return (
+            "(SELECT COALESCE((SELECT convert_from(substring(data FROM 2), 'UTF8') FROM "
+            f"{self.table} WHERE scope = :s AND key = 'FB_EPOCH'), '0'))"
+        )
+
+    def feedback_append(self, line: str) -> None:
+        self.create_table()
+        guard = ("SELECT pg_advisory_xact_lock_shared(:k)", {"k": lock_key(f"fb {self.scope}")})
+        sql = (
+            f"INSERT INTO {self.table} (scope, key, data) SELECT :s, 'fb/' || {self._epoch_sql()} "
+            "|| '/' || :suffix, :data"
+        )
+        suffix = f"{time.time_ns():020d}-{uuid.uuid4().hex[:12]}"
+        data = b"=" + line.encode("utf-8")
+        self._sql.run([guard, (sql, {"s": self.scope, "suffix": suffix, "data": data})])
+
+    def feedback_read(self, cursor: Any) -> tuple[list[str], Any, bool]:
+        lines, new, reset = super().feedback_read(cursor)
+        self._fb_seen = frozenset(new[1])
+        return lines, new, reset
+
+    def feedback_rewrite(self, lines: Sequence[str]) -> None:
+        self.create_table()
+        # ``cur``: the epoch in force when each statement runs (the new one after the switch).
+        s, cur, new = self.scope, self._epoch_sql(), f"(CAST({self._epoch_sql()} AS bigint) + 1)"
+        tag = uuid.uuid4().hex[:12]
+        steps: list[Step] = [
+            ("SELECT pg_advisory_xact_lock(:k)", {"k": lock_key(f"fb {self.scope}")}),
+            (  # the compacted lines first in the new epoch's order
+                f"INSERT INTO {self.table} (scope, key, data) SELECT :s, 'fb/' || {new} || '/' "
+                "|| lpad(CAST(u.n AS text), 20, '0') || '-' || :tag, u.d "
+                "FROM unnest(CAST(:data AS bytea[])) WITH ORDINALITY AS u(d, n)",
+                {"s": s, "tag": tag, "data": [b"=" + ln.encode("utf-8") for ln in lines]},
+            ),
+            (  # then the old epoch's lines the caller never read, as they were
+                f"INSERT INTO {self.table} (scope, key, data) SELECT :s, 'fb/' || {new} || '/' "
+                f"|| split_part(key, '/', 3), data FROM {self.table} WHERE scope = :s "
+                f"AND key LIKE 'fb/%' AND split_part(key, '/', 2) = {cur} "
+                "AND key <> ALL(CAST(:seen AS text[]))",
+                {"s": s, "seen": sorted(self._fb_seen)},
+            ),
+            (
+                f"INSERT INTO {self.table} (scope, key, data) SELECT :s, 'FB_EPOCH', "
+                f"convert_to('=' || CAST({new} AS text), 'UTF8') "
+                "ON CONFLICT (scope, key) DO UPDATE SET data = EXCLUDED.data",
+                {"s": s},
+            ),
+            (
+                f"DELETE FROM {self.table} WHERE scope = :s AND key LIKE 'fb/%' "
+                f"AND split_part(key, '/', 2) <> {cur}",
+                {"s": s},
+            ),
+        ]
+        self._sql.run(steps)
+        self._fb_seen = frozenset()
 
     # -- the lock -----------------------------------------------------------------------------
     def lock(self, timeout: float | None = 0.0) -> contextlib.AbstractContextManager[Any]:

@@ -8,6 +8,7 @@ LangChain ``PGVector`` (psycopg 3, and asyncpg in ``async_mode``), LangChain ``P
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -23,6 +24,7 @@ import pytest
 from store_cases import table_name
 
 from nudge_rag.errors import StateError, StoreBusyError
+from nudge_rag.feedback import FeedbackEntry
 from nudge_rag.state import FinetuneState
 from nudge_rag.state import _postgres as pgstate
 from nudge_rag.state._postgres import TABLE, PostgresBackend, drop_sql, lock_key
@@ -239,6 +241,7 @@ def test_feedback_of_one_replica_is_read_by_the_other(pg_urls: dict[str, str]) -
     two.feedback_append('{"q": "later"}')
     more, cursor, reset = one.feedback_read(cursor)
     assert (more, reset) == (['{"q": "later"}'], False)
+    two.feedback_read(None)  # a compaction rewrites what its replica has read
     two.feedback_rewrite(['{"q": "compacted"}'])
     after, _, reset = one.feedback_read(cursor)
     assert (after, reset) == (['{"q": "compacted"}'], True)
@@ -419,3 +422,29 @@ def test_replicas_reaching_the_database_under_other_names_share_one_state(
     a.clear()
     # A name of the user's (store_id=) is its own scope.
     assert one.state_backend("user:mine").scope == "user:mine"
+
+
+def test_a_compaction_keeps_the_lines_another_replica_appended_meanwhile(
+    pg_urls: dict[str, str],
+) -> None:
+    from nudge_rag.feedback import FeedbackLog
+
+    scope = table_name("scope")
+    one, two = _replica(pg_urls, scope), _replica(pg_urls, scope, "psycopg2")
+    log_one, log_two = FeedbackLog.on(one), FeedbackLog.on(two)
+    for i in range(3):
+        log_one.record(f"question {i}", [f"d{i}"])
+        log_one.record(f"question {i}", [f"d{i}"])  # the same confirmation twice: one entry
+    assert len(log_two.training_pairs()) == 3
+    two.feedback_read(None)  # replica two has read these lines ...
+    one.feedback_append(json.dumps(FeedbackEntry("late", {"d9": 1.0}, 1.0).to_json()))
+    two.feedback_rewrite([ln for ln in one.feedback_read(None)[0][:2]])  # ... not this one
+    lines, _, _ = one.feedback_read(None)
+    assert len(lines) == 3 and "late" in lines[-1]  # carried over, newest last
+    assert one.feedback_read(None)[1][0] == "1"  # a new epoch; the old one's keys are gone
+    assert all(k.startswith("fb/1/") for k in one._keys("fb/"))
+    # Compaction through the log itself, then both logs read the same entries.
+    log_two.compact()
+    assert sorted(q for q, _ in log_one.training_pairs()) == sorted(
+        q for q, _ in FeedbackLog.on(two).training_pairs()
+    )
