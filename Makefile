@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed-stamp
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install demo test test-fast bench lint
+.PHONY: install demo test test-fast bench lint dist docs docs-serve
 
 install: $(STAMP)
 
@@ -34,6 +34,22 @@ test-fast: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check nudge_rag tests benchmarks
 	$(VENV)/bin/mypy
+
+# The release artefacts: sdist + wheel (isolated build, as a publisher's), their metadata as PyPI
+# renders it, and what the wheel holds (.ci/check_dist.py). Upload with: twine upload dist/*
+dist: $(STAMP)
+	rm -rf dist
+	$(PY) -m build --outdir dist .
+	$(VENV)/bin/twine check --strict dist/*
+	$(PY) .ci/check_dist.py dist
+
+# The documentation site (docs/ + mkdocs.yml; the API reference from the docstrings) into site/.
+# --strict: a broken link, anchor or API reference fails the build.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
+
+docs-serve: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve
 
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -c constraints.txt -r benchmarks/requirements.txt

@@ -267,7 +267,7 @@ user changed since are left as they are). Exits 2 when there is no state where i
   nudge-rag revert storage/ --state-dir storage/nudge_state""",
     ),
     "bench": (
-        "reproduce the README's benchmark tables from ../shared/data",
+        "reproduce the benchmark tables (docs/benchmarks.md) from ../shared/data",
         """\
 Run benchmarks/bench_quality.py (NUDGE, the authors' nudge-ft, a linear adaptor, full
 fine-tuning) and bench_scale.py from a checkout: hours; --quick takes minutes. The

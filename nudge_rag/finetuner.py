@@ -43,6 +43,7 @@ from nudge_rag.errors import (
 from nudge_rag.evaluation.metrics import MetricMeans, ranking_metrics
 from nudge_rag.feedback import FeedbackLog
 from nudge_rag.integrations import Pipeline, resolve_pipeline
+from nudge_rag.integrations.options import retriever_options
 from nudge_rag.judged import JudgedQueries, TrainingPairs, as_training_pairs
 from nudge_rag.learning import LearnsFromUse
 from nudge_rag.reports import FinetuneReport, RevertReport
@@ -97,7 +98,7 @@ class NudgeEmbeddingFinetuner(LearnsFromUse, ChoosesMethod):
             records, a query-side linear adaptor (the returned retriever embeds queries through
             it; the stored vectors are not touched by it), both, or nothing, with the loss on
             records no training question points to bounded (see :mod:`nudge_rag.core.choose`
-            and the README's "Which method when"); ``"nudge-n"`` (NUDGE-N only, γ chosen by
+            and docs/methods.md, "Which method when"); ``"nudge-n"`` (NUDGE-N only, γ chosen by
             ``objective``; unit vectors, safe on every store) or ``"nudge-m"`` (inner-product
             stores only). With ``gamma`` fixed, ``"auto"`` is ``"nudge-n"``.
         gamma: Fix γ and skip its selection.
@@ -262,6 +263,9 @@ class NudgeEmbeddingFinetuner(LearnsFromUse, ChoosesMethod):
         ):
             msg = f"method must be 'auto' or 'nudge-n' (or the constructor's); received {method!r}"
             raise ConfigError(msg)
+        k, options = retriever_options(  # wrong options fail here, not after the write
+            self._resolve().framework, similarity_top_k, retriever_kwargs, where="retriever_kwargs"
+        )
         if train_queries is None:
             train_queries = await self.agenerate_queries()
         pairs = JudgedQueries.from_any(train_queries, name="train_queries").to_pairs()
@@ -275,7 +279,7 @@ class NudgeEmbeddingFinetuner(LearnsFromUse, ChoosesMethod):
         times["embed"] = time.perf_counter() - t
         self.report = await asyncio.to_thread(self._finetune_locked, pairs, q, times, run_method)
         logger.info("%s", self.report.summary())
-        retriever = self.retriever(similarity_top_k, **dict(retriever_kwargs or {}))
+        retriever = self.retriever(k, **options)
         if retriever is None:
             logger.warning(
                 "the %s store keeps no texts (they live in the index's docstore): the vectors are "
@@ -475,11 +479,16 @@ class NudgeEmbeddingFinetuner(LearnsFromUse, ChoosesMethod):
             similarity_top_k: ``k`` (default: the constructor's, else the framework's).
             **kwargs: Passed to the framework's ``as_retriever``: LlamaIndex ``filters``,
                 ``vector_store_query_mode``, ...; LangChain ``search_type`` and
-                ``search_kwargs`` (``filter``, ``score_threshold``, ``fetch_k``; ``k`` is
-                set from ``similarity_top_k``).
+                ``search_kwargs`` (``filter``, ``score_threshold``, ``fetch_k``). The top-k may
+                also be given as ``k=`` or (LangChain) ``search_kwargs={"k": ...}``.
+
+        Raises:
+            ConfigError: An option the framework does not take, or top-k spellings that
+                disagree (:func:`~nudge_rag.integrations.options.retriever_options`).
         """
         pipe = self._resolve()
-        k = similarity_top_k if similarity_top_k is not None else self.similarity_top_k
+        k, kwargs = retriever_options(pipe.framework, similarity_top_k, kwargs)
+        k = k if k is not None else self.similarity_top_k
         if pipe.make_retriever is None:
             return self._adapter
         adaptor = self.adaptor() if pipe.adapts_queries else None

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from nudge_rag.errors import ConfigError
 from nudge_rag.feedback import FeedbackEntry, FeedbackLog
+from nudge_rag.integrations.options import retriever_options
 from nudge_rag.judged import JudgedQueries
 
 if TYPE_CHECKING:
@@ -139,8 +140,12 @@ class LearnsFromUse:
             The framework's retriever, as :meth:`finetune` does.
 
         Raises:
-            ConfigError: The log holds no confirmation yet.
+            ConfigError: The log holds no confirmation yet, or a retriever option is wrong
+                (checked first).
         """
+        retriever_options(  # wrong options fail before the log is read or the store written
+            self._resolve().framework, similarity_top_k, retriever_kwargs, where="retriever_kwargs"
+        )
         pairs = self.feedback.training_pairs(min_grade=min_grade)
         if not pairs:
             msg = (

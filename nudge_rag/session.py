@@ -59,6 +59,11 @@ class StoreRead:
     deleted: list[str] = field(default_factory=list)
     # per validation query, its best records among those that do not move (``pool=`` reads)
     pool: Pool | None = None
+    # journaled records that the state in force says hold a moved vector but that read back as
+    # their original: a client with a stale view of the store, or a record re-embedded to the
+    # same vector. Never taken for settled: their old target is kept as a prior and they are
+    # written again, whatever the store says it holds.
+    ambiguous: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -322,15 +327,42 @@ class StoreSession:
             return set()
         at = np.array([j for j, _ in js], dtype=np.int64)
         rows = np.array([r for _, r in js], dtype=np.int64)
-        ours = state.ours(rows, current[at], self.tolerance())
-        for j, r, mine in zip(at.tolist(), rows.tolist(), ours.tolist(), strict=True):
+        tol = self.tolerance()
+        ours = state.ours(rows, current[at], tol)
+        odd = self._stale(state, rows, current[at], tol)
+        for j, r, mine, amb in zip(
+            at.tolist(), rows.tolist(), ours.tolist(), odd.tolist(), strict=True
+        ):
             rid = ids[j]
             if mine:  # ours: start from the original, never from a moved vector
                 out.held[rid] = np.array(current[j], dtype=np.float64)
                 vecs[j] = state.originals[r]
+                if amb:
+                    out.ambiguous.add(rid)
             else:  # the user changed it since: theirs, as it is now
                 out.adopted.append(rid)
+        if out.ambiguous:
+            logger.warning(
+                "%d record(s) that the last fine-tune moved read back as their originals (a "
+                "client with a stale view of the store, or re-embedded since): they are written "
+                "again and their moved vectors stay known to the state (%s)",
+                len(out.ambiguous),
+                name_ids(sorted(out.ambiguous)),
+            )
         return {ids[j] for j in at.tolist()}
+
+    @staticmethod
+    def _stale(
+        state: FinetuneState, rows: np.ndarray, current: np.ndarray, tol: float
+    ) -> np.ndarray:
+        """Rows that an applied state moved but that read back as their original."""
+        if state.status != "applied" or not len(rows):
+            return np.zeros(len(rows), dtype=bool)
+        moved = ~vectors_match(state.targets[rows], state.originals[rows], tol=tol)
+        as_orig = vectors_match(current, state.originals[rows], tol=tol)
+        as_target = vectors_match(current, state.targets[rows], tol=tol)
+        odd: np.ndarray = moved & as_orig & ~as_target
+        return odd
 
     def _check_unit(self, vecs: np.ndarray) -> None:
         if self.adapter.metric == "cosine" or not vecs.shape[0]:
@@ -408,7 +440,13 @@ class StoreSession:
         for r, rid in enumerate(ids):
             if rid in read.held:  # ours: the journal's original; the store holds `held`
                 originals[r] = state.originals[old[rid]]  # type: ignore[union-attr]
-                priors[r] = read.held[rid]
+                # An ambiguous record may hold the old target whatever it read as: keep that
+                # known (a later read through a fresh client matches it).
+                priors[r] = (
+                    state.targets[old[rid]]  # type: ignore[union-attr]
+                    if rid in read.ambiguous
+                    else read.held[rid]
+                )
             else:  # never written by us, or adopted: what the store holds is the original
                 originals[r] = read.s_vecs[pos[rid]]
                 priors[r] = originals[r]
@@ -438,6 +476,7 @@ class StoreSession:
         if held.any():
             cur = np.stack([read.held[rid] for rid, h in zip(ids, held, strict=True) if h])
             same[held] = vectors_match(cur, targets[held], tol=self.tolerance())
+        same &= np.array([rid not in read.ambiguous for rid in ids], dtype=bool)
         write = ~same
         self.n_written = int(write.sum())
         try:
@@ -506,7 +545,11 @@ class StoreSession:
             present = [state.ids[r] for r in rows]
             cur = self.get_vectors(present, state.originals.shape[1])
             ours = state.ours(rows, cur, tol)
-            is_orig = vectors_match(cur, state.originals[rows], tol=tol)
+            # Records the state moved that read back as original are written anyway: a client
+            # with a stale view reads originals where the store holds our vectors.
+            is_orig = vectors_match(cur, state.originals[rows], tol=tol) & ~self._stale(
+                state, rows, cur, tol
+            )
             self.confirm(int(ours.sum()), len(rows), state)
             todo = rows[ours & ~is_orig]
             already = rows[ours & is_orig]

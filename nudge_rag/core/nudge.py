@@ -1,6 +1,6 @@
 """NUDGE-N and NUDGE-M: closed-form moves of record embeddings, and the choice of γ.
 
-See ``docs`` in the repository README ("How it works") and the paper: S. Zeighami, Z. Wellmer,
+See docs/how-it-works.md in the repository and the paper: S. Zeighami, Z. Wellmer,
 A. Parameswaran, *NUDGE: Lightweight Non-Parametric Fine-Tuning of Embeddings for Retrieval*,
 ICLR 2025.
 

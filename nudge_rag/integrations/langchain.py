@@ -16,6 +16,7 @@ from nudge_rag.integrations.base import (
     framework_query_embedder,
     model_name,
 )
+from nudge_rag.integrations.options import retriever_options
 
 __all__ = ["as_langchain_embeddings", "feedback_handler", "pipeline", "query_embedder"]
 
@@ -44,6 +45,7 @@ def pipeline(obj: Any, embed_model: Any = None, *, max_concurrency: int = 16) ->
         raise ConfigError(msg)
 
     def make_retriever(k: int | None, adaptor: Any = None, **kwargs: Any) -> Any:
+        k, kwargs = retriever_options("langchain", k, kwargs)
         search_kwargs = dict(kwargs.pop("search_kwargs", None) or {})
         if k is not None:
             search_kwargs["k"] = k

@@ -42,6 +42,7 @@ from nudge_rag.integrations.base import (
     framework_query_embedder,
     model_name,
 )
+from nudge_rag.integrations.options import retriever_options
 from nudge_rag.integrations.retrievers import IdsFn, resolve_retriever
 from nudge_rag.judged import JudgedQueries
 
@@ -99,6 +100,7 @@ def pipeline(obj: Any, embed_model: Any = None, *, max_concurrency: int = 16) ->
         raise ConfigError(msg)
 
     def make_retriever(k: int | None, adaptor: Any = None, **kwargs: Any) -> Any:
+        k, kwargs = retriever_options("llamaindex", k, kwargs)
         if k is not None:
             kwargs["similarity_top_k"] = k
         if adaptor is not None:

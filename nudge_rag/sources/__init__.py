@@ -345,7 +345,7 @@ def _benchmarks_dir() -> Path | None:
 def bench_commands(
     data: str | os.PathLike[str] | None = None, *, quick: bool = False
 ) -> list[list[str]]:
-    """The commands that reproduce the README's benchmark tables (from a checkout).
+    """The commands that reproduce the benchmark tables of docs/benchmarks.md (from a checkout).
 
     Raises:
         DatasetError: The ``benchmarks/`` folder is not here, or (``quick``) no SciFact folder.

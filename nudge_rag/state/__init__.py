@@ -6,7 +6,7 @@ Where the state of a store lives (:func:`nudge_rag.state.places.backend_for`):
 * a store with a database or a server (PostgreSQL + pgvector, a Chroma or Milvus server): tables
   or a collection beside the user's, in that database or server, named ``nudge_rag_state...``;
 * a store saved to files (a Chroma folder, ``persist_dir``, a Qdrant or LanceDB path, a Milvus
-  Lite file): a folder ``nudge_rag_state`` inside or beside those files;
+  Lite file): a folder ``nudge_state`` inside or beside those files;
 * otherwise (an in-memory store, or an explicit ``state_dir=``): a folder of the per-user data
   folder, or the folder given.
 """

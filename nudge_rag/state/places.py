@@ -5,8 +5,8 @@
 1. ``state_dir=`` given: that folder (and a store that already keeps a state of ours in a place
    of its own is refused, so that two places never hold two states of one store);
 2. ``persist_dir=`` given (a store saved to files by the framework): the folder
-   ``nudge_rag_state`` inside it (``<file>.nudge_rag_state`` beside a single file), so that a
-   copy or a backup of those files carries its own state;
+   ``nudge_state`` inside it (where the command line keeps it too; ``<file>.nudge_state``
+   beside a single file), so that a copy or a backup of those files carries its own state;
 3. the store's own place (:meth:`~nudge_rag.stores.VectorStoreAdapter.state_backend`): a table in
    its PostgreSQL database, a companion collection on its server, a folder inside its files;
 4. otherwise the per-user folder (a store that lives in memory only).
@@ -34,7 +34,7 @@ __all__ = ["STATE_FOLDER", "backend_for", "migrate_folder", "persist_state_folde
 logger = logging.getLogger(__name__)
 
 #: The name of the folder we add inside (or beside) a store's files.
-STATE_FOLDER = "nudge_rag_state"
+STATE_FOLDER = "nudge_state"
 
 
 def persist_state_folder(persist_dir: str | os.PathLike[str]) -> Path:
@@ -60,7 +60,7 @@ def backend_for(
         own = adapter.state_backend(identity.key)
     if state_dir is not None:
         chosen: StateBackend = FolderBackend(Path(state_dir).expanduser())
-        if own is not None and own.current() not in (None, NONE):
+        if own is not None and own.where != chosen.where and own.current() not in (None, NONE):
             msg = (
                 f"this {adapter.name} store keeps a fine-tuning state of ours in {own.where}, "
                 f"and state_dir={str(state_dir)!r} names another place: two states of one store "

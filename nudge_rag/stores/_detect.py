@@ -56,7 +56,7 @@ def _unsupported(obj: Any, inside: Any = None) -> UnsupportedStoreError:
     msg = (
         f"no vector store adapter for {_type_name(obj)}{where}. Supported stores: {listing}. "
         "For another store, subclass nudge_rag.stores.VectorStoreAdapter (count, dim, "
-        "iter_pages, get, _missing, _write_batch, _search; README: 'Another store') and pass "
+        "iter_pages, get, _missing, _write_batch, _search; docs/reference.md: 'Another store') and pass "
         "an instance of it"
     )
     return UnsupportedStoreError(msg)
