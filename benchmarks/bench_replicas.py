@@ -156,8 +156,11 @@ def said_rev(r: dict[str, Any]) -> str:
     out = f"revert: restored {r['n_restored']}"
     if r.get("mismatched_ids"):
         out += f", {len(r['mismatched_ids'])} mismatched"
+    if r.get("n_already_original"):
+        out += f", {r['n_already_original']} already original"
     if r["n_restored"] == 0 and r.get("note"):
-        out += f" ({r['note'].split(':')[0][:60]})"
+        note = r["note"].replace(r.get("state_dir") or "\0", "…")
+        out += f" ({note[:70]}{'…' if len(note) > 70 else ''})"
     return out
 
 
