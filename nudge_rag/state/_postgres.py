@@ -44,7 +44,7 @@ from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 from nudge_rag._faults import checkpoint
-from nudge_rag.errors import StoreBusyError
+from nudge_rag.errors import StateError, StoreBusyError
 from nudge_rag.state._base import KVBackend
 
 __all__ = ["TABLE", "HeldConnection", "PostgresBackend", "SqlRunner", "drop_sql", "lock_key"]
@@ -277,6 +277,7 @@ class PostgresBackend(KVBackend):
     def _put(self, items: Mapping[str, bytes]) -> None:
         if not items:
             return
+        self._check_lock()
         self.create_table()
         sql = (
             f"INSERT INTO {self.table} (scope, key, data) "
@@ -311,6 +312,7 @@ class PostgresBackend(KVBackend):
     def _delete(self, keys: Sequence[str]) -> None:
         if not keys or not self._table_exists():
             return
+        self._check_lock()
         sql = f"DELETE FROM {self.table} WHERE scope = :s AND key = ANY(CAST(:keys AS text[]))"
         self._read(sql, {"s": self.scope, "keys": list(keys)})
 
@@ -410,23 +412,66 @@ class PostgresBackend(KVBackend):
                     raise StoreBusyError(msg)
                 time.sleep(delay if deadline is None else min(delay, deadline - time.monotonic()))
                 delay = min(delay * 2, _POLL_MAX)
-            # Who holds it, for the message another run gives and for pg_stat_activity: the
-            # session's application_name, put back as it was before the connection goes back.
-            old = None
-            with contextlib.suppress(Exception):
-                old = conn.fetch("SELECT current_setting('application_name')", {})[0][0]
-                name = f"{OWNER_PREFIX} pid {os.getpid()} on {socket.gethostname()}"
-                conn.fetch("SELECT set_config('application_name', :v, false)", {"v": name[:63]})
+            # For the session of the run: who holds the lock (application_name: the message
+            # another run gives, pg_stat_activity), and no idle_session_timeout ending it while
+            # the run works elsewhere. Put back as they were before the connection goes back.
+            mine = {
+                "application_name": f"{OWNER_PREFIX} pid {os.getpid()} on {socket.gethostname()}",
+                "idle_session_timeout": "0",
+            }
+            old = {n: self._setting(conn, n, v[:63]) for n, v in mine.items()}
+            self._lock_conn = (conn, key)
             try:
                 yield self
             finally:
+                self._lock_conn = None
                 released = False
                 with contextlib.suppress(Exception):
                     released = bool(conn.fetch("SELECT pg_advisory_unlock(:k)", {"k": key})[0][0])
-                    if old is not None:
-                        conn.fetch("SELECT set_config('application_name', :v, false)", {"v": old})
+                    for n, v in old.items():
+                        if v is not None:
+                            self._setting(conn, n, v)
                 if not released:
                     conn.discard()  # never hand a connection holding our lock back to a pool
+
+    _lock_conn: tuple[HeldConnection, int] | None = None
+
+    @staticmethod
+    def _setting(conn: HeldConnection, name: str, value: str) -> str | None:
+        """Set a setting of the held session; what it was (None: this server has no such)."""
+        try:
+            was = conn.fetch("SELECT current_setting(:n, true)", {"n": name})[0][0]
+            if was is not None:
+                conn.fetch("SELECT set_config(:n, :v, false)", {"n": name, "v": value})
+            return None if was is None else str(was)
+        except Exception:
+            return None
+
+    def _check_lock(self) -> None:
+        """While this backend holds the store's lock, every state write first checks that its
+        session still holds it (a connection ended by the server, the network or a DBA takes
+        the lock with it): a run that lost it stops before changing the state."""
+        if self._lock_conn is None:
+            return
+        conn, key = self._lock_conn
+        hi, lo = (key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF
+        try:
+            held = conn.fetch(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                "AND pid = pg_backend_pid() AND objsubid = 1 "
+                "AND CAST(classid AS bigint) = :hi AND CAST(objid AS bigint) = :lo",
+                {"hi": hi, "lo": lo},
+            )[0][0]
+        except Exception as exc:
+            held, why = 0, f"its connection ended: {str(exc).splitlines()[0][:200]}"
+        else:
+            why = "its session no longer holds it"
+        if not held:
+            msg = (
+                f"this run lost the store's lock in {self.where} ({why}); it stopped before "
+                "changing the state: run it again (revert() restores whatever it wrote)"
+            )
+            raise StateError(msg)
 
     def _holder(self, conn: HeldConnection, key: int) -> str:
         """The session holding the advisory lock ``key``, as the server and we know it."""

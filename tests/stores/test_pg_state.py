@@ -448,3 +448,27 @@ def test_a_compaction_keeps_the_lines_another_replica_appended_meanwhile(
     assert sorted(q for q, _ in log_one.training_pairs()) == sorted(
         q for q, _ in FeedbackLog.on(two).training_pairs()
     )
+
+
+def test_a_run_whose_lock_session_ends_stops_before_changing_the_state(
+    pg_urls: dict[str, str], pg_engine: Any
+) -> None:
+    from sqlalchemy import text
+
+    be = _replica(pg_urls, table_name("scope"))
+    _commit(be, 3, 0)
+    with be.lock(0):
+        assert be._lock_conn is not None
+        conn, _ = be._lock_conn
+        pid = conn.fetch("SELECT pg_backend_pid()", {})[0][0]
+        idle = conn.fetch("SELECT current_setting('idle_session_timeout')", {})[0][0]
+        assert idle == "0"  # a server's idle timeout cannot end it while the run works
+        _commit(be, 4, 1)  # still held: writes go on
+        with pg_engine.connect() as other:  # a DBA, a failover, a network cut
+            other.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pid})
+        with pytest.raises(StateError, match="lost the store's lock"):
+            _commit(be, 5, 2)
+    back = FinetuneState.load(be)
+    assert back is not None and len(back.ids) == 4  # the generation before the loss
+    with _replica(pg_urls, be.scope).lock(0):  # the lock went with the session
+        pass
