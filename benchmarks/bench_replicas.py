@@ -140,7 +140,8 @@ def said_ft(r: dict[str, Any]) -> str:
     if "error" in r:
         return f"error: {r['error']}"
     if "busy" in r:
-        return "StoreBusyError (" + r["busy"].split("(", 1)[1].split(")", 1)[0][:90] + ")"
+        held = r["busy"].split("held by ", 1)[-1].split(", connected since", 1)[0].split(")")[0]
+        return f"StoreBusyError at once (held by {held})"
     out = f"moved {r['n_moved']}, wrote {r['n_written']}"
     if r.get("restored_ids"):
         ids = sorted(r["restored_ids"])
