@@ -195,7 +195,7 @@ def hold_async(engine: Any, loop: asyncio.AbstractEventLoop | None) -> Iterator[
 # ---------------------------------------------------------------------------------------------
 class PostgresBackend(KVBackend):
     """A store's state in the table ``<schema>.nudge_rag_state`` of the store's own database,
-    under ``scope`` (the store's identity key); the lock is a PostgreSQL advisory lock.
+    under ``scope``; the lock is a PostgreSQL advisory lock keyed by a hash of the scope.
 
     See the module docstring for the table, the lock and how to remove them.
 
@@ -203,7 +203,8 @@ class PostgresBackend(KVBackend):
         sql: Runs statements on the store's own engine (``run`` in one transaction, ``hold``
             a connection for a run).
         schema: The schema of the store's table (ours goes beside it).
-        scope: The store's identity key.
+        scope: Which store's rows (``PgVectorAdapter.state_backend`` gives the store's table
+            within its database, so that every replica names it alike; or a ``store_id=``).
         server: Where the database is, for messages (``host:port/database``; no credentials).
     """
 
