@@ -400,39 +400,45 @@ class PostgresBackend(KVBackend):
         key = lock_key(self.scope)
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._sql.hold() as conn:
-            delay = 0.02
-            while True:
-                if conn.fetch("SELECT pg_try_advisory_lock(:k)", {"k": key})[0][0]:
-                    break
-                if deadline is not None and time.monotonic() >= deadline:
-                    msg = (
-                        "another fine-tune or revert of this store is running (advisory lock "
-                        f"{key} in {self.where}, held by {self._holder(conn, key)}); wait for "
-                        "it, or pass lock_timeout=None to wait for it to finish"
-                    )
-                    raise StoreBusyError(msg)
-                time.sleep(delay if deadline is None else min(delay, deadline - time.monotonic()))
-                delay = min(delay * 2, _POLL_MAX)
-            # For the session of the run: who holds the lock (application_name: the message
-            # another run gives, pg_stat_activity), and no idle_session_timeout ending it while
-            # the run works elsewhere. Put back as they were before the connection goes back.
+            # The session of the run says who it is before it takes the lock (application_name:
+            # what another run's message names, what pg_stat_activity shows), and no
+            # idle_session_timeout ends it while the run works elsewhere. Both are put back
+            # before the connection goes back to its pool.
             mine = {
                 "application_name": f"{OWNER_PREFIX} pid {os.getpid()} on {socket.gethostname()}",
                 "idle_session_timeout": "0",
             }
             old = {n: self._setting(conn, n, v[:63]) for n, v in mine.items()}
-            self._lock_conn = (conn, key)
+            released = True
             try:
-                yield self
-            finally:
-                self._lock_conn = None
+                delay = 0.02
+                while not conn.fetch("SELECT pg_try_advisory_lock(:k)", {"k": key})[0][0]:
+                    if deadline is not None and time.monotonic() >= deadline:
+                        msg = (
+                            "another fine-tune or revert of this store is running (advisory "
+                            f"lock {key} in {self.where}, held by {self._holder(conn, key)}); "
+                            "wait for it, or pass lock_timeout=None to wait for it to finish"
+                        )
+                        raise StoreBusyError(msg)
+                    left = None if deadline is None else deadline - time.monotonic()
+                    time.sleep(delay if left is None else max(0.0, min(delay, left)))
+                    delay = min(delay * 2, _POLL_MAX)
                 released = False
-                with contextlib.suppress(Exception):
-                    released = bool(conn.fetch("SELECT pg_advisory_unlock(:k)", {"k": key})[0][0])
+                self._lock_conn = (conn, key)
+                try:
+                    yield self
+                finally:
+                    self._lock_conn = None
+                    with contextlib.suppress(Exception):
+                        released = bool(
+                            conn.fetch("SELECT pg_advisory_unlock(:k)", {"k": key})[0][0]
+                        )
+            finally:
+                if released:
                     for n, v in old.items():
                         if v is not None:
                             self._setting(conn, n, v)
-                if not released:
+                else:
                     conn.discard()  # never hand a connection holding our lock back to a pool
 
     _lock_conn: tuple[HeldConnection, int] | None = None

@@ -158,6 +158,8 @@ def test_row5_both_replicas_at_the_same_moment(dep: Deployment, sockets: Path) -
     assert done, "neither ran"
     if busy:  # one ran, the other was told at once, naming the one that holds the lock
         assert len(busy) == 1 and "another fine-tune or revert" in busy[0]["busy"]
+        holder = done[0]["pid"]  # it named itself before it took the lock: always named
+        assert f"held by pid {holder} on " in busy[0]["busy"]
     else:  # serialised: the later one found the earlier one's state and restored its records
         later = rb if set(rb["restored_ids"]) else ra
         assert set(later["restored_ids"]) == set(dep.ids(0, 150)) - set(later["moved_ids"])
