@@ -289,8 +289,16 @@ class KVBackend(StateBackend):
         return raw.decode("ascii").strip() if raw else "0"
 
     def feedback_append(self, line: str) -> None:
-        key = f"fb/{self._epoch()}/{time.time_ns():020d}-{uuid.uuid4().hex[:12]}"
-        self._put({key: b"=" + line.encode("utf-8")})
+        data = b"=" + line.encode("utf-8")
+        epoch = self._epoch()
+        while True:
+            self._put({f"fb/{epoch}/{time.time_ns():020d}-{uuid.uuid4().hex[:12]}": data})
+            now = self._epoch()
+            if now == epoch:
+                return
+            # A compaction switched epochs meanwhile and may drop the old epoch's keys: append
+            # again to the new one (the copy, if it survives, collapses into the same entry).
+            epoch = now
 
     def feedback_read(self, cursor: Any) -> tuple[list[str], Any, bool]:
         epoch = self._epoch()
@@ -310,6 +318,7 @@ class KVBackend(StateBackend):
     def feedback_rewrite(self, lines: Sequence[str]) -> None:
         old = self._epoch()
         new = str(int(old) + 1) if old.isdigit() else "1"
+        before = set(self._keys(f"fb/{old}/"))
         base = time.time_ns()
         self._put(
             {
@@ -318,6 +327,12 @@ class KVBackend(StateBackend):
             }
         )
         self._put({"FB_EPOCH": b"=" + new.encode("ascii")})
+        # Lines another replica appended to the old epoch while this one compacted: carried
+        # over (an appender that sees the switch appends again to the new epoch as well).
+        late = sorted(set(self._keys(f"fb/{old}/")) - before)
+        if late:
+            got = self._get(late)
+            self._put({f"fb/{new}/{k.rsplit('/', 1)[1]}": v for k, v in got.items()})
         self._delete([k for k in self._keys("fb/") if not k.startswith(f"fb/{new}/")])
 
     def has_state(self) -> bool:
