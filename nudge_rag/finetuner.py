@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -51,10 +50,8 @@ from nudge_rag.session import REPORT_K, StoreSession
 from nudge_rag.state import (
     FolderBackend,
     StateBackend,
-    default_state_home,
-    state_dir_for,
 )
-from nudge_rag.state.places import backend_for
+from nudge_rag.state.places import backend_for, user_state_dir
 from nudge_rag.stores import StoreIdentity, VectorStoreAdapter, adapter_for
 
 if TYPE_CHECKING:
@@ -554,19 +551,7 @@ class NudgeEmbeddingFinetuner(LearnsFromUse, ChoosesMethod):
 
     def _legacy_path(self) -> Path:
         """The per-user folder of this store (where every state lived before 0.2)."""
-        if self.state_dir is not None:
-            return Path(self.state_dir).expanduser()
-        ident = self.identity
-        if ident.durable:
-            return state_dir_for(ident.key)
-        # A store that dies with this process: its state has no use after it, so it goes to a
-        # temporary folder rather than the user's data folder.
-        home = (
-            default_state_home().parent
-            if os.environ.get("NUDGE_RAG_HOME")
-            else Path(tempfile.gettempdir()) / f"nudge_rag-{_user()}"
-        )
-        return home / "process" / state_dir_for(ident.key).name
+        return user_state_dir(self.identity, self.state_dir)
 
     def _session(self) -> StoreSession:
         persist = None
@@ -709,10 +694,3 @@ def _report_metrics(s_unit: np.ndarray, val: QuerySet, unmoved: BestUnmovedScore
     order = np.argsort(-allscores, axis=1, kind="stable")[:, :REPORT_K]
     ranked = np.where(order >= const.shape[1], order - const.shape[1], -1).astype(np.int64)
     return ranking_metrics(ranked, val.indptr, val.rows, val.gains, REPORT_K).mean()
-
-
-def _user() -> str:
-    try:
-        return str(os.getuid())
-    except AttributeError:  # pragma: no cover - Windows
-        return os.environ.get("USERNAME", "user")

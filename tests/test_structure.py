@@ -43,6 +43,8 @@ LAYERS: dict[str, int] = {
     "nudge_rag.embedding": 5,
     # the store side of a fine-tune, its reports, the paper's protocol
     "nudge_rag.session": 6,
+    # which place keeps a store's state (the adapters say where theirs is)
+    "nudge_rag.state.places": 6,
     "nudge_rag.reports": 6,
     "nudge_rag.learning": 6,
     "nudge_rag.auto": 6,

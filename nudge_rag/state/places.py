@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -27,9 +28,16 @@ from typing import Any
 from nudge_rag.errors import StateError
 from nudge_rag.state._base import NONE, StateBackend
 from nudge_rag.state._folder import FEEDBACK_FILE, STATE_FOLDER, FolderBackend, StateLock
+from nudge_rag.state._generations import default_state_home, state_dir_for
 from nudge_rag.stores import StoreIdentity
 
-__all__ = ["STATE_FOLDER", "backend_for", "migrate_folder", "persist_state_folder"]
+__all__ = [
+    "STATE_FOLDER",
+    "backend_for",
+    "migrate_folder",
+    "persist_state_folder",
+    "user_state_dir",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +48,29 @@ def persist_state_folder(persist_dir: str | os.PathLike[str]) -> Path:
     if p.is_file() or (not p.exists() and p.suffix):
         return p.with_name(p.name + "." + STATE_FOLDER)
     return p / STATE_FOLDER
+
+
+def user_state_dir(identity: StoreIdentity, state_dir: str | os.PathLike[str] | None) -> Path:
+    """The folder of a store in the per-user data folder (``state_dir`` if given)."""
+    if state_dir is not None:
+        return Path(state_dir).expanduser()
+    if identity.durable:
+        return state_dir_for(identity.key)
+    # A store that dies with this process: its state has no use after it, so it goes to a
+    # temporary folder rather than the user's data folder.
+    home = (
+        default_state_home().parent
+        if os.environ.get("NUDGE_RAG_HOME")
+        else Path(tempfile.gettempdir()) / f"nudge_rag-{_user()}"
+    )
+    return home / "process" / state_dir_for(identity.key).name
+
+
+def _user() -> str:
+    try:
+        return str(os.getuid())
+    except AttributeError:  # pragma: no cover - Windows
+        return os.environ.get("USERNAME", "user")
 
 
 def backend_for(

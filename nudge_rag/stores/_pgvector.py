@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import json
 import os
 import re
@@ -44,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from nudge_rag.errors import StoreError
+from nudge_rag.state._postgres import HeldConnection, PostgresBackend, hold_async, hold_sync
 from nudge_rag.stores._base import (
     Metric,
     StoreIdentity,
@@ -97,6 +99,10 @@ class _Sql:
     def fetch(self, sql: str, params: dict[str, Any] | None = None) -> Rows:
         return self.run([(sql, params or {})])[0]
 
+    def hold(self) -> contextlib.AbstractContextManager[HeldConnection]:
+        """One connection of the engine for a whole run (autocommit): it carries our lock."""
+        raise NotImplementedError
+
 
 class _SyncSql(_Sql):
     def __init__(self, engine: Any) -> None:
@@ -115,12 +121,24 @@ class _SyncSql(_Sql):
                 check(out)
         return out
 
+    def hold(self) -> contextlib.AbstractContextManager[HeldConnection]:
+        return hold_sync(self._engine)
+
 
 class _AsyncSql(_Sql):
-    def __init__(self, pool: Any, runner: Callable[[Coroutine[Any, Any, list[Rows]]], Any]):
+    def __init__(
+        self,
+        pool: Any,
+        runner: Callable[[Coroutine[Any, Any, list[Rows]]], Any],
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
         self._pool = pool
         self._runner = runner
+        self._loop = loop  # the engine's own loop (None: each call on a loop of its own)
         self.url = pool.url
+
+    def hold(self) -> contextlib.AbstractContextManager[HeldConnection]:
+        return hold_async(self._pool, self._loop)
 
     async def _run(self, steps: list[Step], check: Check | None) -> list[Rows]:
         from sqlalchemy import text
@@ -157,7 +175,7 @@ def async_sql(pool: Any, loop: asyncio.AbstractEventLoop | None) -> _Sql:
         def on_loop(coro: Coroutine[Any, Any, list[Rows]]) -> list[Rows]:
             return asyncio.run_coroutine_threadsafe(coro, running).result()
 
-        return _AsyncSql(pool, on_loop)
+        return _AsyncSql(pool, on_loop, running)
     from sqlalchemy.ext.asyncio import create_async_engine
     from sqlalchemy.pool import NullPool
 
@@ -290,11 +308,8 @@ class PgVectorAdapter(VectorStoreAdapter):
             raise StoreError(msg) from exc
         return {str(n): str(t) for n, t in rows}
 
-    # -- identity ---------------------------------------------------------------------------
-
-    def identity(self) -> StoreIdentity:
-        # The server (host or socket directory, port), the database and the table; never the
-        # user or password. A LangChain PGVector collection is one store within its table.
+    def _server(self) -> str:
+        """Identity: ``host:port/database`` (host or socket directory); never the password."""
         url = self._sql.url
         query = dict(getattr(url, "query", {}) or {})
         host = url.host or query.get("host") or "localhost"
@@ -306,10 +321,24 @@ class PgVectorAdapter(VectorStoreAdapter):
         port = url.port or query.get("port") or 5432
         if isinstance(port, tuple | list):
             port = port[0]
-        key = f"pgvector:{host}:{port}/{url.database or ''}/{self._t.schema}.{self._t.table}"
-        if self._t.scope is not None:
-            key += f"/{self._t.scope[1]}"
-        return StoreIdentity(key, True)
+        return f"{host}:{port}/{url.database or ''}"
+
+    def _in_database(self) -> str:
+        """The store within its database: the table (and a LangChain PGVector collection)."""
+        key = f"{self._t.schema}.{self._t.table}"
+        return key if self._t.scope is None else f"{key}/{self._t.scope[1]}"
+
+    def identity(self) -> StoreIdentity:
+        return StoreIdentity(f"pgvector:{self._server()}/{self._in_database()}", True)
+
+    def state_backend(self, scope: str) -> PostgresBackend:
+        """Our state in the table ``nudge_rag_state`` beside the store's, in its schema, through
+        the store's own engine; the lock is an advisory lock (:mod:`nudge_rag.state._postgres`).
+        The store's own identity is scoped within the database, so that replicas reaching it
+        under other host names (a pooler, a service name) share one state and one lock."""
+        if scope == self.identity().key:
+            scope = f"pgvector:{self._in_database()}"
+        return PostgresBackend(self._sql, self._t.schema, scope, self._server())
 
     # -- SQL pieces ---------------------------------------------------------------------------
 
