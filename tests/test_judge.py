@@ -469,3 +469,27 @@ def test_too_little_feedback_is_reported_not_raised(lc_topics):
     assert not np.allclose(
         np.array(list(vectors(lc_topics).values())), np.array(list(before.values()))
     )
+
+
+def test_queries_logged_by_the_langchain_handler_are_judged(lc_topics):
+    """Impressions the retrieval handler logged (no user confirmed anything) reach the judge."""
+    ft = NudgeEmbeddingFinetuner(lc_topics, store_id="handler", gamma=0.2)
+    handler = ft.feedback_handler()
+    retriever = lc_topics.as_retriever(search_kwargs={"k": 3})
+    for q, ids in questions()[:8]:
+        ft.record(q, ids)
+    for q, _ in questions()[8:]:
+        retriever.invoke(q, config={"callbacks": [handler]})
+    asked: list[str] = []
+
+    def judge(query, candidates):
+        asked.append(query)
+        return oracle(query, candidates)
+
+    got = ft.update(judge=judge, judge_options=OPTS)
+    assert got is not None and set(asked) == {q for q, _ in questions()}
+    # where the handler showed the answer and nobody confirmed it, users outrank the judge
+    passed_over = sum(truth()[e.query] in e.shown for e in ft.feedback if not e.candidates)
+    assert ft.report is not None and ft.report.judge is not None
+    assert ft.report.judge.trusted and ft.report.judge.n_contradicting == passed_over
+    assert ft.report.n_train == 32 - passed_over
