@@ -49,7 +49,10 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+import numpy as np
+
 from nudge_rag._util import check_positive_int
+from nudge_rag.core import QuerySet
 from nudge_rag.errors import ConfigError, LLMRequestError, UnusableAnswerError
 from nudge_rag.feedback import FeedbackEntry, FeedbackLog
 from nudge_rag.querygen.llm import (
@@ -73,6 +76,7 @@ __all__ = [
     "parse_judgement",
     "run_judge",
     "training_pairs",
+    "users_holdout",
 ]
 
 logger = logging.getLogger(__name__)
@@ -492,6 +496,9 @@ class Trust:
             users never saw).
         n_contradicting: Judge labels dropped because a user was shown that record and did not
             confirm it.
+        users_only: Per training pair: True when it holds users' confirmations only (no judge
+            label). Only those are held out to choose γ on, so that the judge can add training
+            data but never decide how far records move.
     """
 
     n_overlap: int
@@ -499,6 +506,41 @@ class Trust:
     trusted: bool
     n_used: int
     n_contradicting: int
+    users_only: tuple[bool, ...] = ()
+
+
+def users_holdout(
+    queries: QuerySet, eligible: Sequence[bool], fraction: float = 0.2, *, seed: int = 0
+) -> np.ndarray:
+    """Positions of validation queries held out among the ``eligible`` ones (users' own
+    confirmations), increasing: the covered rule of
+    :func:`~nudge_rag.core.split.validation_positions` (a held-out query's records keep a
+    training query), with coverage counted over every query, judge-labelled ones included.
+
+    Raises:
+        ConfigError: No eligible query can be held out.
+    """
+    n = len(queries)
+    ok = np.asarray(eligible, dtype=bool)
+    target = max(1, round(fraction * int(ok.sum())))
+    counts = np.bincount(queries.rows, minlength=int(queries.rows.max()) + 1 if n else 0)
+    held: list[int] = []
+    for j in np.random.default_rng(seed).permutation(n).tolist():
+        if not ok[j]:
+            continue
+        rows = queries.answer_rows(int(j))
+        if np.all(counts[rows] >= 2):
+            counts[rows] -= 1
+            held.append(int(j))
+            if len(held) == target:
+                break
+    if not held:
+        msg = (
+            f"cannot hold out validation queries from {int(ok.sum())} users' confirmations: no "
+            "record they point to has another query"
+        )
+        raise ConfigError(msg)
+    return np.sort(np.asarray(held, dtype=np.int64))
 
 
 def training_pairs(
@@ -509,7 +551,8 @@ def training_pairs(
     Users' confirmations are kept as they are. The judge's labels are used only if, on the
     queries users confirmed that it answered (at least ``min_overlap``), it named a confirmed
     record at least ``min_agreement`` of the time; then a judge label is added unless a user was
-    shown that record and did not confirm it (users outrank the judge).
+    shown that record and did not confirm it (users outrank the judge). ``Trust.users_only``
+    marks the pairs with no judge label: ``update()`` holds out only those to choose γ.
     """
     entries = list(entries)
     state = by_query(entries, min_grade=min_grade)
@@ -544,5 +587,6 @@ def training_pairs(
         if grades:
             pairs.append((first[q], q, grades))
     pairs.sort(key=lambda t: t[0])
-    trust = Trust(len(overlap), agreement, trusted, used, contradicting)
+    pure = tuple(g == state[q].confirmed for _, q, g in pairs)
+    trust = Trust(len(overlap), agreement, trusted, used, contradicting, pure)
     return [(q, g) for _, q, g in pairs], trust

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from nudge_rag._util import run_sync
+from nudge_rag.core import QuerySet
 from nudge_rag.errors import ConfigError
 from nudge_rag.feedback import FeedbackEntry, FeedbackLog
 from nudge_rag.judge import (
@@ -28,6 +29,7 @@ from nudge_rag.judge import (
     run_judge,
     to_ask,
     training_pairs,
+    users_holdout,
 )
 from nudge_rag.judged import JudgedQueries
 from nudge_rag.reports import FinetuneReport, JudgeReport
@@ -54,6 +56,8 @@ class LearnsFromUse:
     _adapter: VectorStoreAdapter
     report: FinetuneReport | None
     gamma: float | None
+    #: During update(): per training pair, whether it may be held out for γ (users' own).
+    _holdout: tuple[bool, ...] | None = None
 
     if TYPE_CHECKING:
 
@@ -223,8 +227,10 @@ class LearnsFromUse:
             )
             raise ConfigError(msg)
         chosen = method or ("nudge-m" if getattr(self, "method", "") == "nudge-m" else "nudge-n")
-        if self.gamma is None and chosen != "auto" and not _can_hold_out(pairs):
+        holdout = trust.users_only if trust.n_used and any(trust.users_only) else None
+        if self.gamma is None and chosen != "auto" and not _can_hold_out(pairs, holdout):
             return self._not_enough(pairs, chosen, jreport, similarity_top_k, retriever_kwargs)
+        self._holdout = holdout
         try:
             retriever = self.finetune(
                 pairs,
@@ -236,11 +242,25 @@ class LearnsFromUse:
             if "cannot hold out validation queries" not in str(exc):
                 raise
             return self._not_enough(pairs, chosen, jreport, similarity_top_k, retriever_kwargs)
+        finally:
+            self._holdout = None
         if self.report is not None and jreport is not None:
             self.report = replace(self.report, judge=jreport)
         return retriever
 
     # ------------------------------------------------------------------ internals
+    def _split(self, model: Any, queries: QuerySet) -> tuple[QuerySet, QuerySet]:
+        """The finetuner's (train, validation) split; during an update with judge labels, the
+        validation queries come from users' own confirmations only (the judge adds training
+        data, users decide γ and the guard)."""
+        if self._holdout is None or len(self._holdout) != len(queries):
+            split: tuple[QuerySet, QuerySet] = model.split(queries)
+            return split
+        held = users_holdout(queries, self._holdout, model.val_fraction, seed=model.seed)
+        mask = np.zeros(len(queries), dtype=bool)
+        mask[held] = True
+        return queries.subset(np.flatnonzero(~mask)), queries.subset(held)
+
     def _not_enough(
         self,
         pairs: list[tuple[str, dict[str, float]]],
@@ -349,8 +369,14 @@ class LearnsFromUse:
         }
 
 
-def _can_hold_out(pairs: Sequence[tuple[str, Mapping[str, float]]]) -> bool:
-    """Whether the covered validation split can hold out a query (some query's records all
-    have another query): the rule of :func:`nudge_rag.core.split.validation_positions`."""
+def _can_hold_out(
+    pairs: Sequence[tuple[str, Mapping[str, float]]], eligible: Sequence[bool] | None = None
+) -> bool:
+    """Whether the covered validation split can hold out a query (some eligible query's records
+    all have another query): the rule of :func:`nudge_rag.core.split.validation_positions`."""
     counts = Counter(i for _, ids in pairs for i in ids)
-    return any(ids and all(counts[i] >= 2 for i in ids) for _, ids in pairs)
+    ok = eligible if eligible is not None else [True] * len(pairs)
+    return any(
+        e and ids and all(counts[i] >= 2 for i in ids)
+        for e, (_, ids) in zip(ok, pairs, strict=True)
+    )
