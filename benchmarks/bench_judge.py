@@ -53,6 +53,7 @@ from nudge_rag.judge import (
     candidate_digest,
     to_ask,
     training_pairs,
+    users_holdout,
 )
 
 logger = logging.getLogger("bench_judge")
@@ -205,7 +206,7 @@ def top_ids(scores: np.ndarray, k: int) -> np.ndarray:
 
 def run_sim(
     c: bg.Corpus, traffic: np.ndarray, test: np.ndarray, judge: str, seed: int,
-    opts: JudgeOptions | None = None,
+    opts: JudgeOptions | None = None, user_val: bool = False,
 ) -> dict[str, Any]:  # fmt: skip
     opts = opts or JudgeOptions()
     acc = parse_judge(judge)
@@ -260,7 +261,12 @@ def run_sim(
                 c.q[[int(q) for q, _ in pairs]],
                 [{int(i): g for i, g in a.items()} for _, a in pairs],
             )
-            current = bg.finetuner_default(c.doc, qs)
+            if user_val and trust.n_used:
+                st = by_query(entries)
+                pure = [k for k, (q, a) in enumerate(pairs) if set(a) == set(st[q].confirmed)]
+                current = finetuner_user_val(c.doc, qs, np.asarray(pure, dtype=np.int64))
+            else:
+                current = bg.finetuner_default(c.doc, qs)
         point.update(
             queries=len(logged), with_feedback=n_conf, test_ndcg=bg.score(current, tq)[0],
             gamma=current.info.get("gamma"), n_pairs=len(pairs), agreement=trust.agreement,
@@ -274,6 +280,31 @@ def run_sim(
         "judge_calls": sim.calls if sim is not None else 0, "with_feedback": n_conf,
         "judge_entries": sum(1 for e in entries if e.candidates),
     }  # fmt: skip
+
+
+def finetuner_user_val(doc: np.ndarray, qs: QuerySet, eligible: np.ndarray) -> bg.Fitted:
+    """A diagnostic: the finetuner's defaults with validation queries held out only among
+    ``eligible`` positions (users' own confirmations, no judge label)."""
+    from nudge_rag.core import NudgeN
+    from nudge_rag.errors import ConfigError
+
+    model = NudgeN(val_fraction=0.2, seed=0)
+    ok = np.zeros(len(qs), dtype=bool)
+    ok[eligible] = True
+    try:
+        held = users_holdout(qs, ok.tolist(), 0.2, seed=0)
+    except ConfigError:
+        return bg.Fitted(doc, info={"gamma": 0.0})
+    mask = np.zeros(len(qs), dtype=bool)
+    mask[held] = True
+    tr, va = qs.subset(np.flatnonzero(~mask)), qs.subset(held)
+    res = model.fit(doc, tr, va)
+    assert res.embeddings is not None
+    before = bg.score(bg.Fitted(doc), va)[0]
+    after = bg.score(bg.Fitted(res.embeddings), va)[0]
+    if res.gamma == 0 or after < before - 1e-12:
+        return bg.Fitted(doc, info={"gamma": 0.0})
+    return bg.Fitted(bg.nudge(doc, qs, res.gamma), info={"gamma": res.gamma})
 
 
 # =============================================================================================
@@ -398,6 +429,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--report", action="store_true")
     ap.add_argument("--min-agreement", type=float, default=None, help="sim only: a diagnostic")
     ap.add_argument("--candidates", type=int, default=None, help="sim only: a diagnostic")
+    ap.add_argument(
+        "--all-val",
+        action="store_true",
+        help="sim only, a diagnostic: hold out judge-labelled pairs for γ too (not what update() does)",
+    )
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("nudge_rag").setLevel(logging.WARNING)
@@ -425,7 +461,11 @@ def main(argv: list[str] | None = None) -> int:
                     if args.candidates is not None:
                         kw["candidates"] = args.candidates
                         variant += f"-k{args.candidates}"
-                    run = run_sim(c, traffic, idx["test"], judge, seed, JudgeOptions(**kw))
+                    if args.all_val:
+                        variant += "-allval"
+                    run = run_sim(
+                        c, traffic, idx["test"], judge, seed, JudgeOptions(**kw), not args.all_val
+                    )
                 run.update(
                     dataset=ds, engine=args.engine + variant, judge=judge, seed=seed, refs=refs
                 )
