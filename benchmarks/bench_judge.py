@@ -331,6 +331,11 @@ LABELS = {
 }
 
 
+def tail(run: dict[str, Any], n: int = 10) -> float:
+    """Mean test NDCG@10 after the last ``n`` updates (less noisy than the final one)."""
+    return float(np.mean([p["test_ndcg"] for p in run["trace"][-n:]]))
+
+
 def report() -> None:
     runs = [json.loads(p.read_text()) for p in sorted(RUNS.glob("*.json"))]
     out = [
@@ -358,12 +363,18 @@ def report() -> None:
             }[base_engine]
             if variant:
                 title += f", diagnostic variant: {variant.replace('agree', 'min_agreement=').replace('k', 'candidates=')}"
-            out += [f"## {ds}, {title}", "", "| run | test NDCG@10 per seed | mean | Δ vs users only (points) | judge calls | judge entries | final agreement / trusted | seconds |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
-            users = [r["ndcg"] for r in rows if r["judge"] == "users"]
-            base = float(np.mean(users)) if users else float("nan")
+            out += [f"## {ds}, {title}", "", "| run | test NDCG@10 per seed | mean | Δ vs users only (points) | mean of the last 10 updates (Δ) | judge calls | judge entries | final agreement / trusted | seconds |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+            users_rows = [r for r in rows if r["judge"] == "users"]
+            if not users_rows:  # the users-only run is the same for every variant
+                users_rows = [r for r in runs if r["dataset"] == ds and r["judge"] == "users"
+                              and r["engine"].split("-")[0] == engine.split("-")[0]]  # fmt: skip
+            base = float(np.mean([r["ndcg"] for r in users_rows])) if users_rows else float("nan")
+            tail_base = (
+                float(np.mean([tail(r) for r in users_rows])) if users_rows else float("nan")
+            )
             for name, ref in refs.items():
                 out.append(
-                    f"| {name} | {ref:.4f} | {ref:.4f} | {100 * (ref - base):+.2f} | | | | |"
+                    f"| {name} | {ref:.4f} | {ref:.4f} | {100 * (ref - base):+.2f} | | | | | |"
                 )
             for judge in LABELS:
                 rs = sorted((r for r in rows if r["judge"] == judge), key=lambda r: r["seed"])
@@ -375,7 +386,9 @@ def report() -> None:
                 trust = f"{agree:.2f} / {last.get('trusted')}" if agree is not None else "–"
                 out.append(
                     f"| {LABELS[judge]} | {' / '.join(f'{x:.4f}' for x in v)} | {np.mean(v):.4f} | "
-                    f"{100 * (np.mean(v) - base):+.2f} | {int(np.mean([r['judge_calls'] for r in rs]))} | "
+                    f"{100 * (np.mean(v) - base):+.2f} | "
+                    f"{np.mean([tail(r) for r in rs]):.4f} ({100 * (np.mean([tail(r) for r in rs]) - tail_base):+.2f}) | "
+                    f"{int(np.mean([r['judge_calls'] for r in rs]))} | "
                     f"{int(np.mean([r['judge_entries'] for r in rs]))} | {trust} | "
                     f"{int(np.mean([r['seconds'] for r in rs]))} |"
                 )
