@@ -346,6 +346,12 @@ def report() -> None:
         "users confirm the relevant records among the top 10 they are shown, the store is refitted "
         "after every batch; test NDCG@10 at the end (see the module docstring for the judge).",
         "",
+        "Diagnostic variants (not what `update()` does): `allval` holds judge-labelled pairs out "
+        "for γ too (update() holds out users' own confirmations only); `min_agreement=0` trusts "
+        "every judge; `candidates=50` retrieves the top 50 instead of 100. Users-only and "
+        "untrusted runs are the same under every variant. 'judge calls' counts calls over the "
+        "whole run (every logged query once, plus re-asks about new candidates).",
+        "",
     ]
     data: dict[str, Any] = {}
     for ds in sorted({r["dataset"] for r in runs}):
