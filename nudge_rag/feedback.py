@@ -65,6 +65,10 @@ class FeedbackEntry:
         source: Where it came from (``"chat"``, ``"langchain-callback"``, ...).
         shown: Record ids the retriever showed for the query (impressions), when known.
         count: How many times this same confirmation was recorded.
+        candidates: For a relevance judge's answer (``source="judge"``), the digest of the
+            query and the candidate list the judge read (:func:`nudge_rag.judge.candidate_digest`);
+            ``shown`` holds that list. ``""`` for users' feedback. Entries with a digest never
+            collapse with users' entries, nor with the judge's answers over other candidates.
     """
 
     query: str
@@ -73,9 +77,12 @@ class FeedbackEntry:
     source: str = ""
     shown: tuple[str, ...] = ()
     count: int = 1
+    candidates: str = ""
 
     @property
     def key(self) -> Key:
+        if self.candidates:  # a judge's answer: its own entry per candidate list
+            return (self.query, frozenset([*self.ids, f"\x00judge:{self.candidates}"]))
         return (self.query, frozenset(self.ids))
 
     @property
@@ -95,6 +102,8 @@ class FeedbackEntry:
             out["shown"] = list(self.shown)
         if self.count != 1:
             out["n"] = self.count
+        if self.candidates:
+            out["cd"] = self.candidates
         return out
 
     @classmethod
@@ -110,6 +119,7 @@ class FeedbackEntry:
             source=str(obj.get("src", "")),
             shown=tuple(str(x) for x in obj.get("shown", ())),
             count=int(obj.get("n", 1)),
+            candidates=str(obj.get("cd", "")),
         )
 
 
@@ -175,6 +185,7 @@ class FeedbackLog:
         source: str = "",
         shown: Sequence[str] = (),
         timestamp: float | None = None,
+        candidates: str = "",
     ) -> FeedbackEntry:
         """Append one piece of feedback and return the (collapsed) entry.
 
@@ -186,6 +197,8 @@ class FeedbackLog:
             source: A free label of where the feedback came from.
             shown: The ids the retriever showed (optional).
             timestamp: Defaults to now.
+            candidates: A relevance judge's candidate-list digest (see
+                :attr:`FeedbackEntry.candidates`); ``""`` for users' feedback.
         """
         if not isinstance(query, str) or not query.strip():
             msg = f"query must be a non-empty string; received {query!r:.60}"
@@ -210,6 +223,7 @@ class FeedbackLog:
             timestamp=time.time() if timestamp is None else float(timestamp),
             source=str(source),
             shown=tuple(str(s) for s in shown),
+            candidates=str(candidates),
         )
         with self._lock:
             self._sync()

@@ -296,7 +296,7 @@ class NudgeEmbeddingFinetuner(LearnsFromUse, ChoosesMethod):
         queries = QuerySet(q, [{pos[i]: g for i, g in ans.items()} for _, ans in pairs])
         model = self._model()
         if self.gamma is None:
-            train, val = model.split(queries)
+            train, val = self._split(model, queries)  # update(): users hold out
         else:
             train, val = queries, None
         session = self._session()

@@ -15,7 +15,69 @@ from nudge_rag.core import ValidationCurve
 from nudge_rag.evaluation.metrics import MetricMeans
 from nudge_rag.stores._base import name_ids
 
-__all__ = ["FinetuneReport", "RevertReport"]
+__all__ = ["FinetuneReport", "JudgeReport", "RevertReport"]
+
+
+@dataclass(frozen=True)
+class JudgeReport:
+    """What ``update(judge=...)`` asked the relevance judge and how far it trusted it.
+
+    Attributes:
+        n_queries: Logged queries (distinct texts) the judge could be asked about.
+        n_judged: Queries it answered in this update.
+        n_cached: Queries already answered over the same candidates (not asked again).
+        n_waiting: Queries left for a later update by the budget (``max_calls``).
+        n_failed: Queries whose calls all failed (an error, a timeout, an unreadable answer).
+        n_calls: Judge calls made (retries included).
+        n_labels: Relevant records it named in this update.
+        n_none: Answers "none of these" in this update.
+        n_overlap: Users' confirmed queries the judge has answered (over the whole log).
+        agreement: Share of them on which it named a record users confirmed.
+        trusted: Whether its labels were used for training.
+        n_used: Judge labels used for training.
+        n_contradicting: Judge labels dropped: a user was shown that record and passed it over.
+        rejected: Failed calls by reason (``"timeout"``, ``"error"``, ``"no_judgement"``, ...).
+    """
+
+    n_queries: int = 0
+    n_judged: int = 0
+    n_cached: int = 0
+    n_waiting: int = 0
+    n_failed: int = 0
+    n_calls: int = 0
+    n_labels: int = 0
+    n_none: int = 0
+    n_overlap: int = 0
+    agreement: float | None = None
+    trusted: bool = False
+    n_used: int = 0
+    n_contradicting: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        """One or two readable lines."""
+        agree = "n/a" if self.agreement is None else f"{self.agreement:.2f}"
+        line = (
+            f"judge: {self.n_judged} of {self.n_queries} queries judged in {self.n_calls} calls "
+            f"({self.n_labels} labels, {self.n_none} none; {self.n_cached} already judged, "
+            f"{self.n_waiting} waiting for the budget, {self.n_failed} failed); agreement with "
+            f"users {agree} on {self.n_overlap} queries: "
+            + (
+                f"trusted, {self.n_used} labels used ({self.n_contradicting} contradicting users "
+                "dropped)"
+                if self.trusted
+                else "not trusted, its labels are not used"
+            )
+        )
+        if self.rejected:
+            line += "\nfailed calls: " + ", ".join(f"{k} {v}" for k, v in self.rejected.items())
+        return line
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-serialisable values."""
+        out = dict(self.__dict__)
+        out["rejected"] = dict(self.rejected)
+        return out
 
 
 @dataclass(frozen=True, repr=False)
@@ -56,6 +118,8 @@ class FinetuneReport:
             questions about records outside the training sample; empty when not measured).
         adaptor: Whether the returned retriever embeds queries through a query-side adaptor
             (kept with the state; :meth:`revert` drops it).
+        judge: With ``update(judge=...)``: what the relevance judge was asked and how far it
+            was trusted (:class:`JudgeReport`); else ``None``.
     """
 
     method: str
@@ -82,6 +146,7 @@ class FinetuneReport:
     candidates: dict[str, float] = field(default_factory=dict)
     sentinel_loss: dict[str, float] = field(default_factory=dict)
     adaptor: bool = False
+    judge: JudgeReport | None = None
 
     def __repr__(self) -> str:
         return (
@@ -132,6 +197,8 @@ class FinetuneReport:
             )
         if self.note:
             lines.append(self.note)
+        if self.judge is not None:
+            lines.append(self.judge.summary())
         lines.append(
             "time: "
             + ", ".join(f"{k} {v:.2f}s" for k, v in self.seconds.items())
@@ -176,6 +243,7 @@ class FinetuneReport:
                 "after": self.after._asdict() if self.after is not None else None,
             },
             "curve": curve,
+            "judge": self.judge.to_dict() if self.judge is not None else None,
         }
 
 

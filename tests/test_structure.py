@@ -47,6 +47,7 @@ LAYERS: dict[str, int] = {
     "nudge_rag.state.places": 6,
     "nudge_rag.reports": 6,
     "nudge_rag.learning": 6,
+    "nudge_rag.judge": 6,
     "nudge_rag.auto": 6,
     "nudge_rag.experiment": 6,
     "nudge_rag.finetuner": 7,

@@ -397,3 +397,13 @@ def test_kv_compaction_keeps_a_line_another_replica_appended_meanwhile():
     Racing(shared).feedback_rewrite(['{"x": 1}'])
     lines, _, _ = DictKV(shared).feedback_read(None)
     assert sorted(lines) == ['{"x": 1}', '{"x": 2}']
+
+
+def test_judge_answers_land_in_the_shared_log_with_their_candidate_digest():
+    shared: dict[str, bytes] = {}
+    a = FeedbackLog.on(DictKV(shared))
+    a.record("q", ["d1"], source="judge", shown=["d1", "d2"], candidates="abc123")
+    a.record("q", ["d1"], source="chat")
+    b = FeedbackLog.on(DictKV(shared))
+    got = sorted((e.source, e.candidates) for e in b)
+    assert got == [("chat", ""), ("judge", "abc123")]
