@@ -75,6 +75,20 @@ def urls_for(socket_dir: str) -> dict[str, str]:
     }
 
 
+def _pgvector(cls: Any, emb: Any, engine: Any, name: str) -> Any:
+    """LangChain's PGVector, which creates its tables when made: two processes making one at the
+    same moment race in CREATE TABLE (a unique violation in pg_type); the loser finds them made."""
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+    for attempt in range(5):
+        try:
+            return cls(emb.as_langchain(), connection=engine, collection_name=name)
+        except (IntegrityError, ProgrammingError):
+            if attempt == 4:
+                raise
+    raise AssertionError("unreachable")
+
+
 @contextlib.contextmanager
 def opened(
     framework: str, urls: dict[str, str], name: str, *, create: bool = False
@@ -87,7 +101,7 @@ def opened(
 
         engine = create_engine(urls["psycopg"])
         try:
-            vs = PGVector(emb.as_langchain(), connection=engine, collection_name=name)
+            vs = _pgvector(PGVector, emb, engine, name)
             if create:
                 vs.add_texts(texts(), ids=[rid(i, name) for i in range(N)], metadatas=_metas())
             yield vs
