@@ -27,7 +27,7 @@ import numpy as np
 
 from nudge_rag._faults import checkpoint
 from nudge_rag._util import check_positive_int, run_sync
-from nudge_rag.auto import ChoosesMethod
+from nudge_rag.auto import ChoosesMethod, Probes
 from nudge_rag.core import (
     BestUnmovedScores,
     NudgeM,
@@ -270,7 +270,14 @@ class NudgeEmbeddingFinetuner(LearnsFromUse, ChoosesMethod):
         t = time.perf_counter()
         q = np.asarray(await pipe.embed_queries([p[0] for p in pairs]))
         times["embed"] = time.perf_counter() - t
-        self.report = await asyncio.to_thread(self._finetune_locked, pairs, q, times, run_method)
+        probes = None
+        if run_method == "auto" and self.gamma is None:
+            t = time.perf_counter()
+            probes = await self._probes(pipe, pairs)
+            times["probes"] = time.perf_counter() - t
+        self.report = await asyncio.to_thread(
+            self._finetune_locked, pairs, q, times, run_method, probes
+        )
         logger.info("%s", self.report.summary())
         retriever = self.retriever(similarity_top_k, **dict(retriever_kwargs or {}))
         if retriever is None:
@@ -282,11 +289,16 @@ class NudgeEmbeddingFinetuner(LearnsFromUse, ChoosesMethod):
         return retriever
 
     def _finetune_locked(
-        self, pairs: TrainingPairs, q: np.ndarray, times: dict[str, float], method: str
+        self,
+        pairs: TrainingPairs,
+        q: np.ndarray,
+        times: dict[str, float],
+        method: str,
+        probes: Probes | None = None,
     ) -> FinetuneReport:
         """Everything that reads or writes the store or its state, under the store's lock."""
         if method == "auto" and self.gamma is None:
-            return self._finetune_auto(pairs, q, times)
+            return self._finetune_auto(pairs, q, times, probes)
         s_ids = sorted({i for _, ans in pairs for i in ans})
         pos = {i: r for r, i in enumerate(s_ids)}
         queries = QuerySet(q, [{pos[i]: g for i, g in ans.items()} for _, ans in pairs])
