@@ -316,7 +316,7 @@ def test_adaptor_wins_on_distorted_questions() -> None:
     assert taken and taken[-1].challenger == ch.chosen.name
     # sisters share the distortion: NUDGE-N wins over nothing, and the adaptor (with NUDGE-N
     # on the adapted questions) wins over NUDGE-N alone by more than the noise
-    assert [s.taken for s in ch.steps][0] and ch.steps[0].challenger.startswith("NUDGE-N")
+    assert ch.steps[0].taken and ch.steps[0].challenger.startswith("NUDGE-N")
     assert ch.chosen.kind == "adaptor+nudge-n" and ch.steps[-1].taken
     assert ch.margin > 0.01 and ch.margin > ch.noise
     assert len(ch.chosen.weights) == N_FOLDS  # one map per fold; the refit uses their mean
@@ -379,9 +379,17 @@ def test_auto_protects_records_no_question_points_to(tmp_path: Any) -> None:
     auto_b = data.ndcg(lc_ids(r), b_qs)
     rep = ft.report
     assert rep is not None and rep.method == "auto" and rep.chosen
-    assert rep.sentinel_loss  # the rule was measured
+    assert rep.sentinel_loss  # the bound was measured ...
+    # ... on one pseudo-question per untrained chunk, written from its own words
+    assert rep.n_probes == 150 and len(data.embedder.asked) == 150
+    assert rep.untrained_share == pytest.approx(150 / 450) and rep.untrained_bound
     assert nudge_b < base_b - 0.02  # the harm is real
     assert auto_b >= base_b - 0.01, (rep.summary(), base_b, auto_b, nudge_b)
+    # the estimate is honest: not more optimistic than what B's real questions measure, by
+    # more than a point
+    assert rep.untrained_change is not None and rep.untrained_se is not None
+    assert rep.untrained_change <= (auto_b - base_b) + 0.01, (rep.summary(), auto_b - base_b)
+    assert "records no question points to" in rep.summary()
 
 
 @pytest.mark.parametrize("framework", ["langchain", "llamaindex"])
