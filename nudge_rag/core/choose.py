@@ -8,9 +8,11 @@ no question points to, which lose rank to the moved ones). A query-side linear a
 to new questions. Which one helps depends on the data, so it is measured, not assumed:
 
 * **folds**: ``N_FOLDS`` covered validation splits of the questions (seeded from the finetuner's
-  seed; every record a validation question answers keeps a training question). Every candidate
-  is fitted on each fold's training questions and scored (NDCG@10) on its validation questions; a
-  question validated by several folds counts once, with its mean.
+  seed; every record a validation question answers keeps a training question). Every NUDGE-N
+  candidate is fitted on each fold's training questions and scored (NDCG@10) on its validation
+  questions; a question validated by several folds counts once, with its mean. Adaptor
+  candidates, whose training is the cost of the choice, are trained on the first
+  ``ADAPTOR_FOLDS`` folds, and compared (paired) on those folds' validation questions.
 * **probes**: pseudo-questions written from the words of a seeded sample of the records *no*
   question points to (:class:`~nudge_rag.querygen.offline.OfflineGenerator`), each answered by its
   own record. They are scored like the validation questions and say what those records lose: an
@@ -32,8 +34,8 @@ to new questions. Which one helps depends on the data, so it is measured, not as
   validation questions by more than ``NOISE_Z`` standard errors of the paired per-question
   differences (a one-standard-error rule). A lucky split cannot flip the choice to a more complex
   candidate that is only as good.
-* **refit**: NUDGE-N fitted again on every question at the chosen γ; the adaptor is the mean of
-  the folds' maps at the chosen epoch, shrunk by the chosen α (no retraining).
+* **refit**: NUDGE-N fitted again on every question at the chosen γ; the adaptor is the (mean of
+  the) fold map(s) at the chosen epoch, shrunk by the chosen α (no retraining).
 
 Records outside the fitted ones are scored through a *pool*: per held-out question, its best
 ``POOL`` records among the others (by the original question vector), whatever the candidate. A
@@ -94,6 +96,9 @@ PROBE_CHUNKS = 400
 ALPHAS: tuple[float, ...] = (0.25, 0.5, 0.75)
 #: Adaptor epochs kept as candidates.
 EPOCHS: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 25, 30, 40, 50, 60, 70, 80, 90, 100)
+#: Folds the adaptor candidates are trained on (the first ones): its training is the cost of
+#: the choice, and its comparisons are paired on those folds' validation questions.
+ADAPTOR_FOLDS = 1
 #: No adaptor is tried below this many training questions (a d x d map needs data).
 ADAPTOR_MIN_QUERIES = 100
 #: Adaptor training per fold is bounded by epochs x training questions x records they answer
@@ -279,7 +284,8 @@ class Candidate:
 
     Attributes:
         val: Per validated question (``Folds.held_idx`` order), its mean NDCG@10 over the folds
-            that validate it.
+            that validate it and that the candidate was fitted on (NaN: none; adaptor
+            candidates are fitted on the first ``ADAPTOR_FOLDS`` folds only).
         probe: Per probe, its mean NDCG@10 over the folds.
         ranked: Fold 0's validation questions, their top 10 (fitted rows; -1: another record).
         weights: The adaptor's map of each fold (before shrinkage by ``alpha``).
@@ -309,12 +315,14 @@ class Candidate:
 
     @property
     def val_ndcg(self) -> float:
-        return float(self.val.mean()) if self.val.size else float("nan")
+        ok = np.isfinite(self.val)
+        return float(self.val[ok].mean()) if ok.any() else float("nan")
 
     def gain_over(self, other: Candidate) -> tuple[float, float]:
         """Mean validation NDCG@10 this candidate gains over ``other`` and its standard error
-        (paired per question)."""
-        return _mean_se(self.val - other.val)
+        (paired per question, over the questions both were scored on)."""
+        d = self.val - other.val
+        return _mean_se(d[np.isfinite(d)])
 
     def untrained_change(self, base: Candidate) -> tuple[float, float]:
         """Mean NDCG@10 change of the probes against ``base`` and its standard error."""
@@ -466,10 +474,8 @@ class _Tally:
     def __init__(self, folds: Folds) -> None:
         self.nh = folds.held_idx.size
         self.np_ = len(folds.probes)
-        self.count = np.zeros(self.nh)
-        self.n_folds = len(folds.splits)
-        for _, v in folds.splits:
-            self.count[np.searchsorted(folds.held_idx, v)] += 1
+        self.count: dict[tuple[object, ...], np.ndarray] = {}
+        self.n_folds: dict[tuple[object, ...], int] = {}
         self.val: dict[tuple[object, ...], np.ndarray] = {}
         self.probe: dict[tuple[object, ...], np.ndarray] = {}
         self.ranked: dict[tuple[object, ...], np.ndarray] = {}
@@ -481,9 +487,13 @@ class _Tally:
         nv = vpos.size
         if key not in self.val:
             self.val[key] = np.zeros(self.nh)
+            self.count[key] = np.zeros(self.nh)
             self.probe[key] = np.zeros(self.np_)
+            self.n_folds[key] = 0
         self.val[key][vpos] += nd[:nv]
+        self.count[key][vpos] += 1
         self.probe[key] += nd[nv:]
+        self.n_folds[key] += 1
         if f == 0:
             self.ranked[key] = ranked[:nv]
 
@@ -497,8 +507,8 @@ class _Tally:
             gamma,
             epochs,
             alpha,
-            self.val[key] / np.maximum(self.count, 1),
-            self.probe[key] / max(self.n_folds, 1),
+            np.where(self.count[key] > 0, self.val[key] / np.maximum(self.count[key], 1), np.nan),
+            self.probe[key] / max(self.n_folds[key], 1),
             self.ranked.get(key, np.zeros((0, K), np.int64)),
             tuple(self.weights.get((epochs,), ())),
         )
@@ -564,7 +574,7 @@ def choose(
         run(("none", 0.0, 0, 1.0), f, qh, x)
         for g in gammas:
             run(("nudge-n", float(g), 0, 1.0), f, qh, _nudge(x, train, float(g)))
-        if not use_adaptor:
+        if not use_adaptor or f >= ADAPTOR_FOLDS:
             continue
         val = folds.val(f)
         q_all = np.concatenate([train.embeddings, val.embeddings])
@@ -606,7 +616,7 @@ def choose(
         best_ep = max(ads, key=lambda c: c.val_ndcg).epochs
         for a in ALPHAS:
             key = ("adaptor", 0.0, best_ep, float(a))
-            for f in range(len(folds.splits)):
+            for f in range(min(ADAPTOR_FOLDS, len(folds.splits))):
                 qh = held.embeddings[fold_rows[f]]
                 run(key, f, _adapt(tally.weights[(best_ep,)][f], qh, a), x)
             ads.append(tally.candidate(key))
@@ -614,7 +624,7 @@ def choose(
         ok = [c for c in ads if c.epochs == best_ep and admissible(c)]
         if ok:
             ad = max(ok, key=lambda c: (c.val_ndcg, -c.alpha))
-            for f in range(len(folds.splits)):
+            for f in range(min(ADAPTOR_FOLDS, len(folds.splits))):
                 w = _mix(tally.weights[(best_ep,)][f], ad.alpha)
                 qh = _adapt(w, held.embeddings[fold_rows[f]])
                 tr = folds.train(f)
