@@ -119,7 +119,9 @@ class Data:
         return float(np.mean(out))
 
 
-def distorted(n: int = 240, d: int = 24, seed: int = 0) -> tuple[Data, list[int], list[int]]:
+def distorted(
+    n: int = 240, d: int = 24, seed: int = 0, noise: float = 0.5
+) -> tuple[Data, list[int], list[int]]:
     """Two questions per chunk through one linear distortion; returns (data, train, test):
     the first question of every chunk trains, and the second of one chunk in eight; the other
     second questions test."""
@@ -129,7 +131,7 @@ def distorted(n: int = 240, d: int = 24, seed: int = 0) -> tuple[Data, list[int]
     questions = []
     for r in range(n):
         for _ in range(2):
-            questions.append((_unit(a @ docs[r] + 0.5 * rng.normal(size=d) / np.sqrt(d)), r))
+            questions.append((_unit(a @ docs[r] + noise * rng.normal(size=d) / np.sqrt(d)), r))
     both = set(rng.choice(n, n // 8, replace=False).tolist())
     train = [2 * r for r in range(n)] + [2 * r + 1 for r in sorted(both)]
     test = [2 * r + 1 for r in range(n) if r not in both]
@@ -309,17 +311,17 @@ def test_nudge_wins_when_questions_repeat() -> None:
 
 
 def test_adaptor_wins_on_distorted_questions() -> None:
-    data, train, _ = distorted()
+    """Sister questions through a shared distortion with heavy noise: NUDGE-N moves each chunk
+    toward one noisy draw; the adaptor learns the distortion and, with NUDGE-N on the adapted
+    questions, wins over NUDGE-N alone by more than the noise."""
+    data, train, _ = distorted(n=320, noise=2.0)
     ch, _ = core_choice(data, train)
-    assert ch.chosen.kind.startswith("adaptor"), [s.describe() for s in ch.steps]
-    taken = [s for s in ch.steps if s.taken]
-    assert taken and taken[-1].challenger == ch.chosen.name
-    # sisters share the distortion: NUDGE-N wins over nothing, and the adaptor (with NUDGE-N
-    # on the adapted questions) wins over NUDGE-N alone by more than the noise
+    assert ch.chosen.kind == "adaptor+nudge-n", [s.describe() for s in ch.steps]
     assert ch.steps[0].taken and ch.steps[0].challenger.startswith("NUDGE-N")
-    assert ch.chosen.kind == "adaptor+nudge-n" and ch.steps[-1].taken
-    assert ch.margin > 0.01 and ch.margin > ch.noise
-    assert len(ch.chosen.weights) == N_FOLDS  # one map per fold; the refit uses their mean
+    last = ch.steps[-1]
+    assert last.taken and last.challenger == ch.chosen.name and last.incumbent.startswith("NUDGE")
+    assert ch.margin == last.margin and ch.margin > 0.04 and ch.margin > 2 * ch.noise
+    assert len(ch.chosen.weights) == 1  # the adaptor is trained on the first fold
 
 
 def test_nothing_wins_when_every_question_already_finds_its_chunk() -> None:
@@ -350,7 +352,7 @@ def test_the_bound_rejects_nudge_that_costs_untrained_records() -> None:
 
 
 def test_two_seeds_pick_the_same_candidate_when_one_dominates() -> None:
-    for data, train in (echo()[:2], distorted()[:2]):
+    for data, train in (echo()[:2], distorted(n=320, noise=2.0)[:2]):
         picks = [core_choice(data, train, seed=s)[0].chosen for s in (0, 1)]
         assert picks[0].kind == picks[1].kind, [p.name for p in picks]
         if picks[0].kind == "nudge-n":
@@ -385,10 +387,11 @@ def test_auto_protects_records_no_question_points_to(tmp_path: Any) -> None:
     assert rep.untrained_share == pytest.approx(150 / 450) and rep.untrained_bound
     assert nudge_b < base_b - 0.02  # the harm is real
     assert auto_b >= base_b - 0.01, (rep.summary(), base_b, auto_b, nudge_b)
-    # the estimate is honest: not more optimistic than what B's real questions measure, by
-    # more than a point
+    # the estimate is honest: not more optimistic than what B's real questions measure by
     assert rep.untrained_change is not None and rep.untrained_se is not None
-    assert rep.untrained_change <= (auto_b - base_b) + 0.01, (rep.summary(), auto_b - base_b)
+    # more than a point plus the noise of 150 probes
+    tol = 0.01 + 2 * rep.untrained_se
+    assert rep.untrained_change <= (auto_b - base_b) + tol, (rep.summary(), auto_b - base_b)
     assert "records no question points to" in rep.summary()
 
 
@@ -396,7 +399,7 @@ def test_auto_protects_records_no_question_points_to(tmp_path: Any) -> None:
 def test_auto_adaptor_helps_sister_questions_in_the_frameworks_retriever(
     framework: str, tmp_path: Any
 ) -> None:
-    data, train, test = distorted()
+    data, train, test = distorted(n=320, noise=2.0)
     if framework == "langchain":
         store = langchain_store(data)
         ids_of = lc_ids
@@ -461,7 +464,7 @@ def test_auto_with_few_questions_is_plain_nudge(tmp_path: Any) -> None:
 def test_update_refits_with_nudge_and_replaces_the_adaptor(tmp_path: Any) -> None:
     """Feedback refits are NUDGE-N (robust to wrong confirmations): an adaptor an earlier
     finetune() chose is dropped by the refit, and the report says NUDGE-N ran."""
-    data, train, _ = distorted()
+    data, train, _ = distorted(n=320, noise=2.0)
     store = langchain_store(data)
     ft = NudgeEmbeddingFinetuner(store, state_dir=tmp_path / "s")
     ft.finetune(data.pairs(train), similarity_top_k=K)
@@ -482,7 +485,7 @@ def test_a_damaged_adaptor_is_an_error_not_another_retriever(tmp_path: Any) -> N
     from nudge_rag.session import ADAPTOR_FILE
     from nudge_rag.state import FinetuneState
 
-    data, train, _ = distorted()
+    data, train, _ = distorted(n=320, noise=2.0)
     store = langchain_store(data)
     ft = NudgeEmbeddingFinetuner(store, state_dir=tmp_path / "s")
     ft.finetune(data.pairs(train), similarity_top_k=K)
