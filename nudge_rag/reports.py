@@ -71,8 +71,9 @@ class FinetuneReport:
             questions about those records under what was applied, measured on the probes
             (None: not measured, e.g. the store keeps no texts). Also in ``sentinel_loss``
             (its opposite) per kind of candidate.
-        untrained_bound: Whether the bound on that loss (0.5 point) constrained the choice
-            (enough probes, and at least 5 % of the store without questions).
+        untrained_bound: Whether the bound on that loss (0.5 point, or a tenth of the
+            candidate's validation gain when larger) constrained the choice (enough probes, and
+            at least 5 % of the store without questions).
     """
 
     method: str
@@ -151,7 +152,9 @@ class FinetuneReport:
                     f"records no question points to ({100 * self.untrained_share:.0f} % of the "
                     f"store): estimated NDCG@10 change {100 * self.untrained_change:+.2f} ± "
                     f"{100 * se:.2f} points ({self.n_probes} pseudo-questions from their own "
-                    "words" + ("; bound −0.5" if self.untrained_bound else "") + ")"
+                    "words"
+                    + ("; bound: −max(0.5, validation gain / 10)" if self.untrained_bound else "")
+                    + ")"
                 )
         if self.before is not None and self.after is not None:
             lines.append(
