@@ -10,6 +10,10 @@ A research benchmark (never collected by pytest). Parts (``--parts``):
   chat     the simulated chatbot on SciFact (and NFCorpus with --chat-datasets).
   real     the default NUDGE rows once through the real finetuner and a LangChain
            InMemoryVectorStore, to check that the numpy simulation matches it.
+  seeds    issue 18: ``method="auto"`` through the real finetuner per finetuner seed (--seeds),
+           SciFact, NFCorpus, 10-K sister and cross (--seed-cases), directly and through
+           ``generate_queries`` with a replay LLM (--paths); what auto chose, its margin and
+           noise, and its estimate for untrained records.
 
 Embeddings come from all-MiniLM-L6-v2 through ``nudge_rag.embedding.LocalEmbedder`` (disk
 cache); BEIR data through ``common.prepare``. Everything after the embeddings is numpy.
