@@ -10,6 +10,10 @@ A research benchmark (never collected by pytest). Parts (``--parts``):
   chat     the simulated chatbot on SciFact (and NFCorpus with --chat-datasets).
   real     the default NUDGE rows once through the real finetuner and a LangChain
            InMemoryVectorStore, to check that the numpy simulation matches it.
+  seeds    issue 18: ``method="auto"`` through the real finetuner per finetuner seed (--seeds),
+           SciFact, NFCorpus, 10-K sister and cross (--seed-cases), directly and through
+           ``generate_queries`` with a replay LLM (--paths); what auto chose, its margin and
+           noise, and its estimate for untrained records.
 
 Embeddings come from all-MiniLM-L6-v2 through ``nudge_rag.embedding.LocalEmbedder`` (disk
 cache); BEIR data through ``common.prepare``. Everything after the embeddings is numpy.
@@ -726,10 +730,12 @@ def learner_plain(c: Corpus, log: list[Feedback]) -> Fitted:
 
 
 def nudge_rag_auto(doc: np.ndarray, qs: QuerySet, seed: int = 0, adaptor: bool = True) -> Fitted:
-    """What ``finetune()`` / ``update()`` do by default (``method="auto"``), in numpy: the
-    choice of :mod:`nudge_rag.core.choose` on the fitted records, the pool from every other
-    record (what a store scan gives), refit on every question."""
-    from nudge_rag.core.choose import POOL, PoolAccumulator, choose, hold_out
+    """What ``finetune()`` does by default (``method="auto"``), in numpy: the choice of
+    :mod:`nudge_rag.core.choose` over its folds on the fitted records, the pool from every other
+    record (what a store scan gives), refit on every question. Without probes: the numpy
+    simulation has no texts to write pseudo-questions from (part ``seeds`` runs the real
+    finetuner, which does)."""
+    from nudge_rag.core.choose import POOL, PoolAccumulator, choose, make_folds
     from nudge_rag.core.choose import refit as choose_refit
 
     rows = np.unique(qs.rows)
@@ -737,7 +743,7 @@ def nudge_rag_auto(doc: np.ndarray, qs: QuerySet, seed: int = 0, adaptor: bool =
     pos[rows] = np.arange(rows.size)
     local = QuerySet(qs.embeddings, [{int(pos[r]): g for r, g in a.items()} for a in qs.answers()])
     try:
-        h = hold_out(local, uncovered_share=1 - rows.size / doc.shape[0], seed=seed)
+        h = make_folds(local, untrained_share=1 - rows.size / doc.shape[0], seed=seed)
     except ConfigError:
         return Fitted(doc, info={"chosen": "nothing (no covered split)"})
     others = np.setdiff1d(np.arange(doc.shape[0]), rows)
@@ -1624,7 +1630,102 @@ def part_real(args: argparse.Namespace) -> list[Table]:
     return [t]
 
 
+def part_seeds(args: argparse.Namespace) -> list[Table]:
+    """``method="auto"`` through the real finetuner, per finetuner seed: SciFact and NFCorpus
+    (paper split, train + val → test), 10-K sister (split seed 0) and cross; each directly
+    (``finetune(pairs)``) and through ``generate_queries`` with a replay LLM (each chunk answered
+    with the questions linked to it). A LangChain InMemoryVectorStore of MiniLM vectors, k = 10,
+    test questions through the retriever ``finetune()`` returns; ``revert()`` after each run."""
+    import tempfile
+
+    from langchain_core.vectorstores import InMemoryVectorStore
+
+    from nudge_rag import NudgeEmbeddingFinetuner
+    from nudge_rag.embedding import LocalEmbedder
+    from nudge_rag.evaluation.metrics import ranking_metrics
+    from nudge_rag.integrations.langchain import as_langchain_embeddings
+
+    embed = as_langchain_embeddings(LocalEmbedder(show_progress=False))
+    wanted = args.seed_cases.split(",")
+    paths = args.paths.split(",")
+    cases: list[tuple[str, Corpus, np.ndarray, np.ndarray]] = []
+    if "sister" in wanted or "cross" in wanted:
+        tenk = load_tenk()
+        if "sister" in wanted:
+            cases.append(("10-K sister (split seed 0)", tenk, *sister_split(tenk, 0, 1 / 8)))
+        if "cross" in wanted:
+            cases.append(("10-K cross (Lyft → Uber)", tenk, *cross_split(tenk)))
+    for name in ("scifact", "nfcorpus"):
+        if name in wanted:
+            c, idx = load_beir(name, texts=True)
+            cases.append(
+                (f"{name}, paper split", c, np.concatenate([idx["train"], idx["val"]]),
+                 idx["test"])
+            )  # fmt: skip
+    order = {"sister": 2, "cross": 3, "scifact": 0, "nfcorpus": 1}
+    cases.sort(key=lambda cs: next(v for k, v in order.items() if k in cs[0].lower()))
+    tables = []
+    for label, c, tr, te in cases:
+        t = Table(f"Per finetuner seed: {label} ({len(tr)} training questions, {len(te)} test)")
+        row = {d: i for i, d in enumerate(c.doc_ids)}
+        store = InMemoryVectorStore(embed)
+        store.add_texts(c.doc_texts, ids=c.doc_ids)
+        test = c.qs(te)
+
+        def through(retriever: Any, test: QuerySet = test, te: np.ndarray = te, c: Corpus = c,
+                    row: dict[str, int] = row) -> tuple[float, float]:  # fmt: skip
+            ranked = np.array(
+                [[row[d.id] for d in retriever.invoke(c.texts[j])] for j in te.tolist()]
+            )
+            m = ranking_metrics(ranked, test.indptr, test.rows, test.gains, K)
+            return float(m.ndcg.mean()), float(m.hit.mean())
+
+        base = through(store.as_retriever(search_kwargs={"k": K}))
+        t.add("no fine-tuning", *base)
+        pairs = [(c.texts[j], [c.doc_ids[r] for r in c.answers[j]]) for j in tr.tolist()]
+        by_text: dict[str, list[str]] = {}
+        for j in tr.tolist():
+            for r in c.answers[j]:
+                by_text.setdefault(c.doc_texts[r], []).append(c.texts[j])
+
+        async def replay(prompt: str, by_text: dict[str, list[str]] = by_text) -> str:
+            context = prompt.split("---------------------\n")[1].removesuffix("\n")
+            return json.dumps(by_text.get(context, []))
+
+        for seed in args.seeds:
+            for path in paths:
+                with tempfile.TemporaryDirectory() as state:
+                    kw: dict[str, Any] = {"llm": replay} if path == "replay" else {}
+                    ft = NudgeEmbeddingFinetuner(store, state_dir=state, seed=seed, **kw)
+                    t0 = time.perf_counter()
+                    tuned = ft.finetune(pairs if path == "direct" else None, similarity_top_k=K)
+                    secs = time.perf_counter() - t0
+                    rep = ft.report
+                    assert rep is not None
+                    nd, hit = through(tuned)
+                    est = rep.untrained_change
+                    t.add(
+                        f"seed {seed}, {path}", nd, hit,
+                        chosen=rep.chosen,
+                        margin=f"{100 * rep.margin:+.2f}±{100 * rep.noise:.2f}",
+                        untrained=(f"{100 * est:+.2f}±{100 * (rep.untrained_se or 0):.2f}"
+                                   if est is not None else "n/a"),
+                        est=est, n_train=rep.n_train, n_val=rep.n_val, n_probes=rep.n_probes,
+                        seconds=round(secs, 1),
+                    )  # fmt: skip
+                    logger.info("%s", rep.summary())
+                    ft.revert()
+        after = through(store.as_retriever(search_kwargs={"k": K}))
+        t.notes.append(
+            f"After the last revert(), through the store: NDCG@10 {after[0]:.4f} "
+            f"(no fine-tuning {base[0]:.4f})."
+        )
+        tables.append(t)
+    return tables
+
+
 PARTS: dict[str, PartFn] = {
+    "seeds": part_seeds,
     "repro": part_repro,
     "sister": part_sister,
     "cross": part_cross,
@@ -1654,6 +1755,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--real-cases", default="", help="comma-separated substrings of part real's cases"
     )
+    ap.add_argument(
+        "--seed-cases", default="scifact,nfcorpus,sister,cross", help="cases of part seeds"
+    )
+    ap.add_argument("--paths", default="direct,replay", help="paths of part seeds")
     ap.add_argument("--out", type=Path, default=RESULTS / "gains")
     args = ap.parse_args(argv)
     args.seeds = [int(x) for x in args.seeds.split(",")]

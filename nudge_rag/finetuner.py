@@ -26,9 +26,8 @@ import numpy as np
 
 from nudge_rag._faults import checkpoint
 from nudge_rag._util import check_positive_int, run_sync
-from nudge_rag.auto import ChoosesMethod
+from nudge_rag.auto import ChoosesMethod, Probes
 from nudge_rag.core import (
-    BestUnmovedScores,
     NudgeM,
     NudgeN,
     QuerySet,
@@ -39,14 +38,13 @@ from nudge_rag.errors import (
     DimensionMismatchError,
     MetricError,
 )
-from nudge_rag.evaluation.metrics import MetricMeans, ranking_metrics
 from nudge_rag.feedback import FeedbackLog
 from nudge_rag.integrations import Pipeline, resolve_pipeline
 from nudge_rag.integrations.options import retriever_options
 from nudge_rag.judged import JudgedQueries, TrainingPairs, as_training_pairs
 from nudge_rag.learning import LearnsFromUse
 from nudge_rag.reports import FinetuneReport, RevertReport
-from nudge_rag.session import REPORT_K, StoreSession
+from nudge_rag.session import StoreSession, report_metrics
 from nudge_rag.state import (
     FolderBackend,
     StateBackend,
@@ -274,7 +272,14 @@ class NudgeEmbeddingFinetuner(LearnsFromUse, ChoosesMethod):
         t = time.perf_counter()
         q = np.asarray(await pipe.embed_queries([p[0] for p in pairs]))
         times["embed"] = time.perf_counter() - t
-        self.report = await asyncio.to_thread(self._finetune_locked, pairs, q, times, run_method)
+        probes = None
+        if run_method == "auto" and self.gamma is None:
+            t = time.perf_counter()
+            probes = await self._probes(pipe, pairs)
+            times["probes"] = time.perf_counter() - t
+        self.report = await asyncio.to_thread(
+            self._finetune_locked, pairs, q, times, run_method, probes
+        )
         logger.info("%s", self.report.summary())
         retriever = self.retriever(k, **options)
         if retriever is None:
@@ -286,11 +291,16 @@ class NudgeEmbeddingFinetuner(LearnsFromUse, ChoosesMethod):
         return retriever
 
     def _finetune_locked(
-        self, pairs: TrainingPairs, q: np.ndarray, times: dict[str, float], method: str
+        self,
+        pairs: TrainingPairs,
+        q: np.ndarray,
+        times: dict[str, float],
+        method: str,
+        probes: Probes | None = None,
     ) -> FinetuneReport:
         """Everything that reads or writes the store or its state, under the store's lock."""
         if method == "auto" and self.gamma is None:
-            return self._finetune_auto(pairs, q, times)
+            return self._finetune_auto(pairs, q, times, probes)
         s_ids = sorted({i for _, ans in pairs for i in ans})
         pos = {i: r for r, i in enumerate(s_ids)}
         queries = QuerySet(q, [{pos[i]: g for i, g in ans.items()} for _, ans in pairs])
@@ -324,8 +334,8 @@ class NudgeEmbeddingFinetuner(LearnsFromUse, ChoosesMethod):
             if val is not None and read.unmoved is not None:
                 after_vecs = unit.copy()
                 after_vecs[res.moved] = res.moved_embeddings
-                before = _report_metrics(unit, val, read.unmoved)
-                after = _report_metrics(after_vecs, val, read.unmoved)
+                before = report_metrics(unit, val, read.unmoved)
+                after = report_metrics(after_vecs, val, read.unmoved)
             if self.refit and val is not None and res.gamma > 0:
                 # γ is chosen and measured on held-out queries; the move that is written then
                 # uses every query (the validation ones too), at that γ.
@@ -683,14 +693,3 @@ class NudgeEmbeddingFinetuner(LearnsFromUse, ChoosesMethod):
         if self.unmoved != "auto":
             return self.unmoved
         return "search" if self._adapter.count() >= AUTO_SEARCH_RECORDS else "scan"
-
-
-def _report_metrics(s_unit: np.ndarray, val: QuerySet, unmoved: BestUnmovedScores) -> MetricMeans:
-    """Metrics @10 of the validation queries over the whole store: the fitted records scored
-    exactly, every other record through its streamed best scores (never relevant)."""
-    const = unmoved.scores[:, :REPORT_K].astype(np.float64)
-    s = val.embeddings.astype(np.float64) @ s_unit.T.astype(np.float64)
-    allscores = np.concatenate([const, s], axis=1)
-    order = np.argsort(-allscores, axis=1, kind="stable")[:, :REPORT_K]
-    ranked = np.where(order >= const.shape[1], order - const.shape[1], -1).astype(np.int64)
-    return ranking_metrics(ranked, val.indptr, val.rows, val.gains, REPORT_K).mean()

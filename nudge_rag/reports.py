@@ -111,15 +111,33 @@ class FinetuneReport:
             (every vector read once, page by page), ``"search"`` (the store's own top-k search,
             only the fitted records read), ``"none"`` (γ fixed: no validation).
         chosen: With ``method="auto"``: what was applied, ``"nothing"``, ``"NUDGE-N γ=…"``,
-            ``"adaptor (N epochs)"`` or ``"adaptor (N epochs) + NUDGE-N γ=…"``; else ``""``.
+            ``"adaptor (N epochs[, α=a])"`` or ``"adaptor (N epochs[, α=a]) + NUDGE-N γ=…"``
+            (α: the adaptor's shrinkage toward the identity); else ``""``.
         candidates: With ``method="auto"``: the best held-out NDCG@10 of each kind of
             candidate (``{"nothing": 0.61, "NUDGE-N γ=0.04": 0.62, ...}``), on the validation
-            questions, and ``sentinel_loss`` of each (points of NDCG@10 lost on the held-out
-            questions about records outside the training sample; empty when not measured).
+            questions (mean over the folds), and ``sentinel_loss`` of each (NDCG@10 lost by the
+            pseudo-questions about records no training question points to, as a fraction;
+            empty when not measured).
         adaptor: Whether the returned retriever embeds queries through a query-side adaptor
             (kept with the state; :meth:`revert` drops it).
         judge: With ``update(judge=...)``: what the relevance judge was asked and how far it
             was trusted (:class:`JudgeReport`); else ``None``.
+        margin, noise: With ``method="auto"``: the held-out NDCG@10 the chosen candidate gained
+            over the simpler one it displaced (nothing < NUDGE-N < adaptor < both), and the
+            standard error of that gain (paired per question, over ``n_folds`` folds); a more
+            complex candidate is taken only when ``margin > noise``. 0 when nothing was chosen.
+        decisions: Each comparison made, as a line ("adaptor (40 epochs) over NUDGE-N γ=0.2:
+            +0.31 ± 0.42 points (within noise, not taken)").
+        n_folds: Covered validation splits the candidates were compared on.
+        n_probes: Pseudo-questions written from records no training question points to.
+        untrained_share: Share of the store's records no training question points to.
+        untrained_change, untrained_se: Estimated NDCG@10 change (and its standard error) of
+            questions about those records under what was applied, measured on the probes
+            (None: not measured, e.g. the store keeps no texts). Also in ``sentinel_loss``
+            (its opposite) per kind of candidate.
+        untrained_bound: Whether the bound on that loss (0.5 point, or a tenth of the
+            candidate's validation gain when larger) constrained the choice (enough probes, and
+            at least 5 % of the store without questions).
     """
 
     method: str
@@ -147,6 +165,15 @@ class FinetuneReport:
     sentinel_loss: dict[str, float] = field(default_factory=dict)
     adaptor: bool = False
     judge: JudgeReport | None = None
+    margin: float = 0.0
+    noise: float = 0.0
+    decisions: list[str] = field(default_factory=list)
+    n_folds: int = 0
+    n_probes: int = 0
+    untrained_share: float = 0.0
+    untrained_change: float | None = None
+    untrained_se: float | None = None
+    untrained_bound: bool = False
 
     def __repr__(self) -> str:
         return (
@@ -172,7 +199,7 @@ class FinetuneReport:
                     f" ({100 * (v - base):+.2f})" if base is not None and name != "nothing" else ""
                 )
                 loss = self.sentinel_loss.get(name)
-                sent = f", sentinels {-100 * loss:+.2f}" if loss is not None else ""
+                sent = f", untrained {-100 * loss:+.2f}" if loss is not None else ""
                 parts.append(f"{name} {v:.4f}{gain}{sent}")
             lines.append(
                 f"chosen: {self.chosen}"
@@ -180,6 +207,20 @@ class FinetuneReport:
                 + "; held-out NDCG@10: "
                 + "; ".join(parts)
             )
+            lines.append(
+                f"margin {100 * self.margin:+.2f} ± {100 * self.noise:.2f} points over the "
+                f"simpler candidate ({self.n_folds} folds): " + "; ".join(self.decisions)
+            )
+            if self.untrained_change is not None:
+                se = self.untrained_se or 0.0
+                lines.append(
+                    f"records no question points to ({100 * self.untrained_share:.0f} % of the "
+                    f"store): estimated NDCG@10 change {100 * self.untrained_change:+.2f} ± "
+                    f"{100 * se:.2f} points ({self.n_probes} pseudo-questions from their own "
+                    "words"
+                    + ("; bound: −max(0.5, validation gain / 10)" if self.untrained_bound else "")
+                    + ")"
+                )
         if self.before is not None and self.after is not None:
             lines.append(
                 f"validation NDCG@10 {self.before.ndcg:.4f} -> {self.after.ndcg:.4f}, "
@@ -238,6 +279,15 @@ class FinetuneReport:
             "candidates": dict(self.candidates),
             "sentinel_loss": dict(self.sentinel_loss),
             "adaptor": self.adaptor,
+            "margin": self.margin,
+            "noise": self.noise,
+            "decisions": list(self.decisions),
+            "n_folds": self.n_folds,
+            "n_probes": self.n_probes,
+            "untrained_share": self.untrained_share,
+            "untrained_change": self.untrained_change,
+            "untrained_se": self.untrained_se,
+            "untrained_bound": self.untrained_bound,
             "validation": {
                 "before": self.before._asdict() if self.before is not None else None,
                 "after": self.after._asdict() if self.after is not None else None,

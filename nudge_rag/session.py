@@ -29,12 +29,13 @@ from nudge_rag.errors import (
     StateError,
     WriteBackError,
 )
+from nudge_rag.evaluation.metrics import MetricMeans, ranking_metrics
 from nudge_rag.reports import RevertReport
 from nudge_rag.state import FinetuneState, StateBackend, vectors_match
 from nudge_rag.stores import StoreIdentity, VectorStoreAdapter
 from nudge_rag.stores._base import name_ids
 
-__all__ = ["StoreRead", "StoreSession"]
+__all__ = ["StoreRead", "StoreSession", "report_metrics"]
 
 logger = logging.getLogger(__name__)
 
@@ -612,3 +613,14 @@ def _live_process_owner(identity: str) -> int | None:
     except OSError:
         return pid
     return pid
+
+
+def report_metrics(s_unit: np.ndarray, val: QuerySet, unmoved: BestUnmovedScores) -> MetricMeans:
+    """Metrics @10 of the validation queries over the whole store: the fitted records scored
+    exactly, every other record through its streamed best scores (never relevant)."""
+    const = unmoved.scores[:, :REPORT_K].astype(np.float64)
+    s = val.embeddings.astype(np.float64) @ s_unit.T.astype(np.float64)
+    allscores = np.concatenate([const, s], axis=1)
+    order = np.argsort(-allscores, axis=1, kind="stable")[:, :REPORT_K]
+    ranked = np.where(order >= const.shape[1], order - const.shape[1], -1).astype(np.int64)
+    return ranking_metrics(ranked, val.indptr, val.rows, val.gains, REPORT_K).mean()

@@ -1,6 +1,8 @@
 """``method="auto"`` (the default): the choice between NUDGE-N, a query-side adaptor, both and
-nothing, the sentinel rule that protects records no question points to, and the adaptor path
-through both frameworks' own retrievers (kept with the state, dropped by ``revert()``).
+nothing over several folds (a more complex candidate must win by more than the noise), the bound
+that protects records no question points to (measured on pseudo-questions about those records),
+and the adaptor path through both frameworks' own retrievers (kept with the state, dropped by
+``revert()``).
 
 The data are synthetic and built so that the right answer is known:
 
@@ -9,11 +11,15 @@ The data are synthetic and built so that the right answer is known:
   moves the chunk toward the first question, cannot help it; a query-side linear map can.
 * *style*: every question carries one shared "question style" direction. Training questions
   cover only part of the store: NUDGE moves the covered chunks toward that direction, and
-  questions about the other chunks then find covered chunks first. The sentinel rule must see it.
+  questions about the other chunks then find covered chunks first. The bound must see it.
+* *echo*: every chunk has three near-copies of one question: NUDGE-N, which moves the chunk
+  toward them, wins; *exact*: every question is its chunk's own vector, already ranked first:
+  nothing can win.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,26 +29,46 @@ import pytest
 from nudge_rag import NudgeEmbeddingFinetuner
 from nudge_rag.core import QuerySet
 from nudge_rag.core.choose import (
-    MIN_SENTINELS,
-    Pool,
+    N_FOLDS,
+    Choice,
+    Folds,
     PoolAccumulator,
     choose,
-    hold_out,
+    make_folds,
 )
 from nudge_rag.errors import ConfigError
 
 K = 10
 
 
-class TableEmbedder:
-    """Texts to fixed vectors (documents and queries alike)."""
+def tag(i: int) -> str:
+    """A word naming chunk ``i`` (the offline generator keeps it: it is the most salient)."""
+    return "zeta" + "".join(chr(97 + int(x)) for x in str(i))
 
-    def __init__(self, table: dict[str, np.ndarray]) -> None:
+
+TAG = re.compile(r"zeta([a-j]+)")
+
+
+class TableEmbedder:
+    """Texts to fixed vectors (documents and queries alike); a text naming a chunk's tag (a
+    pseudo-question the finetuner wrote from the chunk's words) gets ``probe[chunk]``."""
+
+    def __init__(self, table: dict[str, np.ndarray], probe: np.ndarray | None = None) -> None:
         self.table = table
+        self.probe = probe
         self.model_id = "table"
+        self.asked: list[str] = []
+
+    def vector(self, text: str) -> np.ndarray:
+        if text in self.table:
+            return self.table[text]
+        m = TAG.search(text)
+        assert m is not None and self.probe is not None, text
+        self.asked.append(text)
+        return self.probe[int("".join(str(ord(ch) - 97) for ch in m.group(1)))]
 
     def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
-        return np.stack([self.table[t] for t in texts]).astype(np.float32)
+        return np.stack([self.vector(t) for t in texts]).astype(np.float32)
 
     def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
         return self.embed_documents(texts)
@@ -54,17 +80,21 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 class Data:
     def __init__(
-        self, docs: np.ndarray, questions: list[tuple[np.ndarray, int]], prefix: str = "d"
+        self,
+        docs: np.ndarray,
+        questions: list[tuple[np.ndarray, int]],
+        prefix: str = "d",
+        probe: np.ndarray | None = None,
     ) -> None:
         self.ids = [f"{prefix}{i}" for i in range(len(docs))]
-        self.texts = [f"chunk {i}" for i in range(len(docs))]
+        self.texts = [f"Chunk {i} explains {tag(i)} thoroughly." for i in range(len(docs))]
         self.docs = docs.astype(np.float32)
         self.q_texts = [f"question {j} about chunk {r}" for j, (_, r) in enumerate(questions)]
         self.q_vecs = np.stack([v for v, _ in questions]).astype(np.float32)
         self.q_doc = [r for _, r in questions]
         table = dict(zip(self.texts, self.docs, strict=True))
         table.update(zip(self.q_texts, self.q_vecs, strict=True))
-        self.embedder = TableEmbedder(table)
+        self.embedder = TableEmbedder(table, probe)
 
     def pairs(self, js: Sequence[int]) -> list[tuple[str, list[str]]]:
         return [(self.q_texts[j], [self.ids[self.q_doc[j]]]) for j in js]
@@ -89,7 +119,9 @@ class Data:
         return float(np.mean(out))
 
 
-def distorted(n: int = 240, d: int = 24, seed: int = 0) -> tuple[Data, list[int], list[int]]:
+def distorted(
+    n: int = 240, d: int = 24, seed: int = 0, noise: float = 0.5
+) -> tuple[Data, list[int], list[int]]:
     """Two questions per chunk through one linear distortion; returns (data, train, test):
     the first question of every chunk trains, and the second of one chunk in eight; the other
     second questions test."""
@@ -99,7 +131,7 @@ def distorted(n: int = 240, d: int = 24, seed: int = 0) -> tuple[Data, list[int]
     questions = []
     for r in range(n):
         for _ in range(2):
-            questions.append((_unit(a @ docs[r] + 0.5 * rng.normal(size=d) / np.sqrt(d)), r))
+            questions.append((_unit(a @ docs[r] + noise * rng.normal(size=d) / np.sqrt(d)), r))
     both = set(rng.choice(n, n // 8, replace=False).tolist())
     train = [2 * r for r in range(n)] + [2 * r + 1 for r in sorted(both)]
     test = [2 * r + 1 for r in range(n) if r not in both]
@@ -119,9 +151,34 @@ def styled(
         for _ in range(2):
             noise = 0.6 * rng.normal(size=d) / np.sqrt(d)
             questions.append((_unit(docs[r] + 0.9 * style + noise), r))
+    # what a question written from a chunk's words looks like here: a third draw
+    probe = _unit(docs + 0.9 * style + 0.6 * rng.normal(size=docs.shape) / np.sqrt(d))
     a_qs = [j for j, (_, r) in enumerate(questions) if r < n_a]
     b_qs = [j for j, (_, r) in enumerate(questions) if r >= n_a]
-    return Data(docs, questions), a_qs, b_qs
+    return Data(docs, questions, probe=probe), a_qs, b_qs
+
+
+def echo(n: int = 150, d: int = 24, seed: int = 0) -> tuple[Data, list[int], list[int]]:
+    """Every chunk has four near-copies of one question (far from the chunk itself): three
+    train, one tests. NUDGE-N moves the chunk toward them, and wins."""
+    rng = np.random.default_rng(seed)
+    docs = _unit(rng.normal(size=(n, d)))
+    questions = []
+    for r in range(n):
+        centre = _unit(docs[r] + 1.2 * _unit(rng.normal(size=d)))
+        for _ in range(4):
+            questions.append((_unit(centre + 0.05 * rng.normal(size=d)), r))
+    train = [j for j in range(len(questions)) if j % 4 != 3]
+    test = [j for j in range(len(questions)) if j % 4 == 3]
+    return Data(docs, questions), train, test
+
+
+def exact(n: int = 150, d: int = 24, seed: int = 0) -> tuple[Data, list[int]]:
+    """Every question (three per chunk) is its chunk's own vector: already ranked first."""
+    rng = np.random.default_rng(seed)
+    docs = _unit(rng.normal(size=(n, d)))
+    questions = [(docs[r], r) for r in range(n) for _ in range(3)]
+    return Data(docs, questions), list(range(len(questions)))
 
 
 def langchain_store(data: Data) -> Any:
@@ -160,33 +217,64 @@ def li_ids(retriever: Any) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------
-# The held-out split and the pool (core)
+# The folds, the pool and the pick (core)
 # ---------------------------------------------------------------------------------------------
-def test_hold_out_takes_sentinels_only_when_records_lack_questions() -> None:
+def core_choice(
+    data: Data,
+    js: Sequence[int],
+    *,
+    probe_rows: Sequence[int] = (),
+    seed: int = 0,
+    adaptor: bool = True,
+    **kw: Any,
+) -> tuple[Choice, Folds]:
+    """:func:`choose` as the finetuner runs it: questions ``js`` answer the fitted records (their
+    chunks, then the chunks of ``probe_rows``, which get one probe each); every other chunk is in
+    the pool."""
+    fitted = sorted({data.q_doc[j] for j in js})
+    extra = [r for r in probe_rows if r not in set(fitted)]
+    rows = fitted + extra
+    pos = {r: i for i, r in enumerate(rows)}
+    qs = QuerySet(data.q_vecs[list(js)], [[pos[data.q_doc[j]]] for j in js], n_records=len(rows))
+    probes = None
+    if extra:
+        assert data.embedder.probe is not None
+        probes = QuerySet(
+            data.embedder.probe[extra].astype(np.float32),
+            [[pos[r]] for r in extra],
+            n_records=len(rows),
+        )
+    folds = make_folds(
+        qs, probes=probes, untrained_share=1 - len(fitted) / len(data.docs), seed=seed
+    )
+    others = np.setdiff1d(np.arange(len(data.docs)), rows)
+    acc = PoolAccumulator(folds.held.embeddings, 40)
+    acc.update(_unit(data.docs[others]))
+    return choose(_unit(data.docs[rows]), folds, acc.result(), adaptor=adaptor, **kw), folds
+
+
+def test_folds_are_covered_splits_seeded_from_the_seed() -> None:
+    data, train, _ = echo()
+    qs = QuerySet(data.q_vecs[train], [[data.q_doc[j]] for j in train])
+    a = make_folds(qs, seed=3)
+    b = make_folds(qs, seed=3)
+    assert len(a.splits) == N_FOLDS
+    for (ta, va), (_tb, vb) in zip(a.splits, b.splits, strict=True):
+        np.testing.assert_array_equal(va, vb)  # the same seed, the same folds
+        assert va.size == round(0.2 * len(qs)) and ta.size + va.size == len(qs)
+        # covered: every record a validation question answers keeps a training question
+        assert set(qs.subset(va).rows.tolist()) <= set(qs.subset(ta).rows.tolist())
+    assert not np.array_equal(a.splits[0][1], a.splits[1][1])  # the folds differ
+    assert a.held_idx.tolist() == sorted(set(np.concatenate([v for _, v in a.splits]).tolist()))
+    assert len(a.probes) == 0 and not a.probe_rule
+
+
+def test_too_few_probes_are_named() -> None:
     data, a_qs, _ = styled()
     qs = QuerySet(data.q_vecs[a_qs], [[data.q_doc[j]] for j in a_qs])
-    none = hold_out(qs, uncovered_share=0.0)
-    assert len(none.sentinels) == 0 and none.sentinel_rows.size == 0
-    assert len(none.train) + len(none.val) == len(qs)
-
-    h = hold_out(qs, uncovered_share=0.33)
-    sent = set(h.sentinel_rows.tolist())
-    assert len(sent) == round(0.1 * 300)
-    assert len(h.sentinels) >= MIN_SENTINELS
-    # every sentinel question is about sentinel records only; training never names one
-    assert all(set(h.sentinels.answer_rows(j).tolist()) <= sent for j in range(len(h.sentinels)))
-    assert not sent & set(h.train.rows.tolist())
-    # validation questions are covered: each of their records keeps a training question
-    assert set(h.val.rows.tolist()) <= set(h.train.rows.tolist())
-    assert len(h.train) + len(h.val) + len(h.sentinels) == len(qs)
-
-
-def test_hold_out_names_too_few_sentinels() -> None:
-    data, a_qs, _ = styled(n_a=60)
-    qs = QuerySet(data.q_vecs[a_qs], [[data.q_doc[j]] for j in a_qs])
-    h = hold_out(qs, uncovered_share=0.5)  # 6 sentinel records: 12 questions < 20
-    assert len(h.sentinels) == 0 and h.sentinel_rows.size == 0
-    assert "12 held-out question(s)" in h.note
+    f = make_folds(qs, untrained_share=0.33)
+    assert not f.probe_rule
+    assert "only 0 pseudo-question(s)" in f.note
 
 
 def test_pool_keeps_each_querys_best_records_across_pages() -> None:
@@ -207,33 +295,68 @@ def test_pool_keeps_each_querys_best_records_across_pages() -> None:
         np.sort(np.einsum("hd,hpd->hp", q2, pool.vectors), axis=1),
         rtol=1e-6,
     )
+    # some of the questions only
+    np.testing.assert_allclose(pool.scores(q2[[1, 4]], np.array([1, 4])), pool.scores(q2)[[1, 4]])
 
 
-def _pool_for(data: Data, held: QuerySet, fitted: np.ndarray) -> Pool:
-    others = np.setdiff1d(np.arange(len(data.docs)), fitted)
-    acc = PoolAccumulator(held.embeddings, 64)
-    acc.update(_unit(data.docs[others]))
-    return acc.result()
+def test_nudge_wins_when_questions_repeat() -> None:
+    data, train, _ = echo()
+    ch, _ = core_choice(data, train)
+    assert ch.chosen.kind == "nudge-n", [s.describe() for s in ch.steps]
+    assert ch.chosen.gamma > 0 and ch.chosen.val_ndcg > 0.95
+    # it won over nothing by far more than the noise, on the mean of every fold
+    assert ch.steps[0].taken and ch.margin > 0.05 and ch.margin > 5 * ch.noise
+    assert ch.chosen.val_ndcg == pytest.approx(ch.baseline.val_ndcg + ch.margin)
+    assert ch.n_folds == N_FOLDS
 
 
-def test_sentinel_rule_rejects_nudge_that_costs_untrained_records() -> None:
-    data, a_qs, _ = styled()
-    fitted = np.arange(300)
-    qs = QuerySet(data.q_vecs[a_qs], [[data.q_doc[j]] for j in a_qs])
-    h = hold_out(qs, uncovered_share=1 / 3)
-    pool = _pool_for(data, h.held, fitted)
-    recs = _unit(data.docs[fitted])
-    free = choose(recs, h, pool, adaptor=False, max_sentinel_loss=9.0)
-    bound = choose(recs, h, pool, adaptor=False)
-    assert free.chosen.kind == "nudge-n"  # validation alone wants NUDGE ...
-    loss, se = free.chosen.sentinel_loss(free.baseline)
-    assert loss - se > 0.005  # ... which costs the sentinels more than the bound
-    assert bound.sentinel_rule
-    if bound.chosen.kind != "none":
-        b_loss, b_se = bound.chosen.sentinel_loss(bound.baseline)
-        assert b_loss - b_se <= 0.005 + 1e-12
-        assert bound.chosen.gamma < free.chosen.gamma
-    assert "would cost the held-out questions about untrained records" in bound.note
+def test_adaptor_wins_on_distorted_questions() -> None:
+    """Sister questions through a shared distortion with heavy noise: NUDGE-N moves each chunk
+    toward one noisy draw; the adaptor learns the distortion and, with NUDGE-N on the adapted
+    questions, wins over NUDGE-N alone by more than the noise."""
+    data, train, _ = distorted(n=320, noise=2.0)
+    ch, _ = core_choice(data, train)
+    assert ch.chosen.kind == "adaptor+nudge-n", [s.describe() for s in ch.steps]
+    assert ch.steps[0].taken and ch.steps[0].challenger.startswith("NUDGE-N")
+    last = ch.steps[-1]
+    assert last.taken and last.challenger == ch.chosen.name and last.incumbent.startswith("NUDGE")
+    assert ch.margin == last.margin and ch.margin > 0.04 and ch.margin > 2 * ch.noise
+    assert len(ch.chosen.weights) == 1  # the adaptor is trained on the first fold
+
+
+def test_nothing_wins_when_every_question_already_finds_its_chunk() -> None:
+    data, train = exact()
+    ch, _ = core_choice(data, train)
+    assert ch.baseline.val_ndcg == pytest.approx(1.0)
+    assert ch.chosen.kind == "none" and ch.margin == 0.0
+    assert all(not s.taken for s in ch.steps)
+
+
+def test_the_bound_rejects_nudge_that_costs_untrained_records() -> None:
+    """Train on A's questions only; probes about B say what B loses, and the bound holds."""
+    data, a_qs, b_qs = styled()
+    b_rows = sorted({data.q_doc[j] for j in b_qs})
+    free, _ = core_choice(data, a_qs, probe_rows=b_rows, adaptor=False, max_untrained_loss=9.0)
+    bound, folds = core_choice(data, a_qs, probe_rows=b_rows, adaptor=False)
+    assert folds.probe_rule and len(folds.probes) == len(b_rows) == 150
+    assert bound.untrained_share == pytest.approx(1 / 3)
+    # validation alone wants NUDGE, which would cost B's records more than a point
+    assert free.chosen.kind == "nudge-n"
+    loss, _ = free.chosen.sentinel_loss(free.baseline)
+    assert loss > 0.01
+    # with the bound: what is applied keeps B's estimated loss within 0.5 point
+    change, se = bound.untrained
+    assert change >= -0.005 - 1e-12 and se >= 0.0
+    assert bound.chosen.kind == "none" or bound.chosen.gamma < free.chosen.gamma
+    assert "would cost questions about untrained records" in bound.note
+
+
+def test_two_seeds_pick_the_same_candidate_when_one_dominates() -> None:
+    for data, train in (echo()[:2], distorted(n=320, noise=2.0)[:2]):
+        picks = [core_choice(data, train, seed=s)[0].chosen for s in (0, 1)]
+        assert picks[0].kind == picks[1].kind, [p.name for p in picks]
+        if picks[0].kind == "nudge-n":
+            assert abs(picks[0].gamma - picks[1].gamma) <= 0.1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -258,16 +381,25 @@ def test_auto_protects_records_no_question_points_to(tmp_path: Any) -> None:
     auto_b = data.ndcg(lc_ids(r), b_qs)
     rep = ft.report
     assert rep is not None and rep.method == "auto" and rep.chosen
-    assert rep.sentinel_loss  # the rule was measured
+    assert rep.sentinel_loss  # the bound was measured ...
+    # ... on one pseudo-question per untrained chunk, written from its own words
+    assert rep.n_probes == 150 and len(data.embedder.asked) == 150
+    assert rep.untrained_share == pytest.approx(150 / 450) and rep.untrained_bound
     assert nudge_b < base_b - 0.02  # the harm is real
     assert auto_b >= base_b - 0.01, (rep.summary(), base_b, auto_b, nudge_b)
+    # the estimate is honest: not more optimistic than what B's real questions measure by
+    assert rep.untrained_change is not None and rep.untrained_se is not None
+    # more than a point plus the noise of 150 probes
+    tol = 0.01 + 2 * rep.untrained_se
+    assert rep.untrained_change <= (auto_b - base_b) + tol, (rep.summary(), auto_b - base_b)
+    assert "records no question points to" in rep.summary()
 
 
 @pytest.mark.parametrize("framework", ["langchain", "llamaindex"])
 def test_auto_adaptor_helps_sister_questions_in_the_frameworks_retriever(
     framework: str, tmp_path: Any
 ) -> None:
-    data, train, test = distorted()
+    data, train, test = distorted(n=320, noise=2.0)
     if framework == "langchain":
         store = langchain_store(data)
         ids_of = lc_ids
@@ -332,7 +464,7 @@ def test_auto_with_few_questions_is_plain_nudge(tmp_path: Any) -> None:
 def test_update_refits_with_nudge_and_replaces_the_adaptor(tmp_path: Any) -> None:
     """Feedback refits are NUDGE-N (robust to wrong confirmations): an adaptor an earlier
     finetune() chose is dropped by the refit, and the report says NUDGE-N ran."""
-    data, train, _ = distorted()
+    data, train, _ = distorted(n=320, noise=2.0)
     store = langchain_store(data)
     ft = NudgeEmbeddingFinetuner(store, state_dir=tmp_path / "s")
     ft.finetune(data.pairs(train), similarity_top_k=K)
@@ -353,7 +485,7 @@ def test_a_damaged_adaptor_is_an_error_not_another_retriever(tmp_path: Any) -> N
     from nudge_rag.session import ADAPTOR_FILE
     from nudge_rag.state import FinetuneState
 
-    data, train, _ = distorted()
+    data, train, _ = distorted(n=320, noise=2.0)
     store = langchain_store(data)
     ft = NudgeEmbeddingFinetuner(store, state_dir=tmp_path / "s")
     ft.finetune(data.pairs(train), similarity_top_k=K)

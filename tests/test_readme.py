@@ -180,6 +180,21 @@ QUESTIONS = [  # three per text, each made of that text's words
 """
 )
 SETUP = {
+    "judge.md": _CORPUS
+    + """
+from langchain_core.vectorstores import InMemoryVectorStore
+from nudge_rag import NudgeEmbeddingFinetuner
+from nudge_rag.testing import BagOfWordsEmbedder
+
+vector_store = InMemoryVectorStore(embedding=BagOfWordsEmbedder(dim=256).as_langchain())
+vector_store.add_texts(TEXTS * 4, ids=[f"doc-{i}" for i in range(4 * len(TEXTS))])
+_served = NudgeEmbeddingFinetuner(vector_store)  # what the chatbot logged before
+for _q, _d in QUESTIONS:
+    _served.record(_q, [f"doc-{_d}"])
+
+def my_llm(prompt: str) -> str:  # a scripted LLM: passage 1 answers every question
+    return "1"
+""",
     "index.md": _CORPUS
     + """
 from llama_index.core import VectorStoreIndex
