@@ -69,9 +69,11 @@ def find_data(arg: str | None) -> tuple[Path | None, Path | None]:
 def sister_split(
     questions: dict[str, list[str]], seed: int = 0, both_frac: float = 1 / 8
 ) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-    """Per chunk (sorted ids, seeded shuffle of its questions) the first question trains and the
-    second tests; for ``both_frac`` of the chunks both train. Returns ``(train, test)`` as
-    ``(question, chunk id)`` pairs. Chunks with fewer than two questions only train.
+    """Per chunk (in the order given; seeded shuffle of its questions) the first question trains
+    and the second tests; for ``both_frac`` of the chunks both train. Returns ``(train, test)`` as
+    ``(question, chunk id)`` pairs. Chunks with fewer than two questions only train. With the
+    chunks in corpus order this is ``benchmarks/bench_gains.py``'s ``sister_split`` (same seed,
+    same split), so the demo's numbers are the README's seed-0 row.
 
     Example:
         >>> tr, te = sister_split({"a": ["qa1", "qa2"], "b": ["qb1", "qb2"]}, both_frac=0.5)
@@ -79,7 +81,7 @@ def sister_split(
         (3, 1)
     """
     rng = np.random.default_rng(seed)
-    chunks = sorted(questions)
+    chunks = list(questions)
     first: dict[str, list[str]] = {}
     for c in chunks:
         qs = list(questions[c])
@@ -111,7 +113,7 @@ def run_tenk(folder: Path, embedder: Any, *, show_progress: bool = True) -> dict
     from nudge_rag.evaluation.datasets import QADataset
 
     corpus: dict[str, str] = {}
-    questions: dict[str, list[str]] = {}
+    by_chunk: dict[str, list[str]] = {}
     for name in ("train_dataset.json", "val_dataset.json"):
         f = folder / name
         if not f.is_file():
@@ -120,8 +122,8 @@ def run_tenk(folder: Path, embedder: Any, *, show_progress: bool = True) -> dict
         corpus.update(ds.corpus)
         for qid, text in ds.queries.items():
             for cid in ds.relevant_docs[qid]:
-                questions.setdefault(cid, []).append(text)
-    train, test = sister_split(questions)
+                by_chunk.setdefault(cid, []).append(text)
+    train, test = sister_split({c: by_chunk[c] for c in corpus if c in by_chunk})
     print(
         f"\n[1/2] 10-K filings (Lyft, Uber): {len(corpus)} chunks, {len(train)} questions to "
         f"fine-tune with, {len(test)} sister questions to test on (NDCG@10 / hit@10).",
