@@ -57,7 +57,7 @@ def _cmd_finetune_beir(args: argparse.Namespace, folder: Path) -> int:
         msg = f"{', '.join(not_here)} do(es) not apply to a BEIR folder, which is fine-tuned with the paper's protocol on its own judged queries"
         raise ConfigError(msg)
     methods = ["nudge-n", "nudge-m"] if args.method in (None, "both", "auto") else [args.method]
-    model = on_backend(sources.embedder_from(args.embed_model, not args.quiet), args.embed_backend, not args.quiet)
+    model = on_backend(sources.embedder_from(args.embed_model, not args.quiet), args.embed_backend, not args.quiet)  # fmt: skip
     print(f"Fine-tuning {folder} with {args.embed_model or 'the local all-MiniLM-L6-v2'}{f' on {args.embed_backend}' if args.embed_backend else ''} (offline; embeddings cached).")  # fmt: skip
     run = sources.finetune_beir(folder, methods, objective=args.objective, embed_model=model, show_progress=not args.quiet)  # fmt: skip
     print(run.summary())
@@ -286,7 +286,7 @@ def _store_options(sp: argparse.ArgumentParser) -> None:
     g.add_argument("--chunk-size", type=_positive_int, default=sources.DEFAULT_CHUNK_CHARS, metavar="CHARS",
                    help=f"documents SOURCE: maximum chunk length in characters (default {sources.DEFAULT_CHUNK_CHARS})")
     g.add_argument("--embed-model", metavar="PATH_OR_ID", help="the sentence-transformers model (folder, or id in the local Hugging Face cache) that built the store; default: the shipped all-MiniLM-L6-v2")
-    g.add_argument("--embed-backend", choices=["auto", "torch", "onnx", "onnx-int8"], help="how the local model runs: torch, onnx (the same vectors) or onnx-int8 (faster; cosine ~0.995 to torch's); default auto: onnx-int8 with the onnx extra, else torch")
+    g.add_argument("--embed-backend", choices=["auto", "torch", "onnx", "onnx-int8"], help="how the local model runs: torch, onnx (ONNX Runtime, the same vectors; the onnx extra) or onnx-int8 (quantised: cosine ~0.995 to torch's); default auto: torch, see docs/embedders.md")
     sp.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
