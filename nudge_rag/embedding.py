@@ -80,7 +80,7 @@ BACKENDS: tuple[str, ...] = get_args(Backend)
 #: What ``backend="auto"`` runs: the fastest backend whose SciFact test NDCG@10 stays within 0.5
 #: point of torch's, with no fine-tuning and after each default fine-tune
 #: (``benchmarks/bench_embedders.py``, ``docs/embedders.md``). Measured on 2 cores: ONNX fp32 is
-#: no faster than torch here, and int8 (1.14x) lost 0.6 point on NUDGE-N and 6.8 on
+#: no faster than torch here (1.05x), and int8 (1.86x) lost 0.6 point on NUDGE-N and 6.8 on
 #: ``method="auto"`` (which chose a smaller γ), so torch it is; ``"onnx"`` gives the same vectors.
 AUTO_BACKEND: Literal["torch", "onnx", "onnx-int8"] = "torch"
 
