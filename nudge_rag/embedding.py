@@ -454,14 +454,17 @@ class LocalEmbedder:
             bar = self._progress(len(todo), what)
             try:
                 for chunk in _chunks(todo, self.shard_size):
-                    vecs = self._encode([full[i] for i in chunk])
+                    parts = []
+                    for batch in _chunks(chunk, self.batch_size):  # the bar moves per batch
+                        parts.append(self._encode([full[i] for i in batch]))
+                        if bar is not None:
+                            bar.update(len(batch))
+                    vecs = np.concatenate(parts)
                     if out is None:
                         out = np.zeros((n, vecs.shape[1]), dtype=np.float32)
                     if self.cache is not None:
                         self.cache.put_hashes([hashes[i] for i in chunk], vecs)
                     out[chunk] = vecs
-                    if bar is not None:
-                        bar.update(len(chunk))
             finally:
                 if bar is not None:
                     bar.close()
