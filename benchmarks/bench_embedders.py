@@ -62,16 +62,20 @@ def cpu_info() -> dict[str, Any]:
     return {"model": model, "cpus": os.cpu_count(), "flags": [f for f in FLAGS if f in flags]}
 
 
-def sample_abstracts(folder: Path, n: int, seed: int = 0) -> list[str]:
+def sample_texts(folder: Path, n: int, seed: int = 0, kind: str = "abstracts") -> list[str]:
+    """A seeded sample of the corpus's records (``abstracts``) or of its queries (``queries``)."""
     data = load_beir(folder)
-    ids = data.corpus_ids
+    pool = data.corpus if kind == "abstracts" else data.queries
+    ids = list(pool)
     pick = np.random.default_rng(seed).choice(len(ids), min(n, len(ids)), replace=False)
-    return [data.corpus[ids[i]] for i in sorted(pick.tolist())]
+    return [pool[ids[i]] for i in sorted(pick.tolist())]
 
 
-def speed(folder: Path, n: int, rounds: int, backends: list[str]) -> dict[str, Any]:
+def speed(
+    folder: Path, n: int, rounds: int, backends: list[str], kind: str = "abstracts"
+) -> dict[str, Any]:
     """texts/s per backend and round, interleaved (round r starts with backend r mod k)."""
-    texts = sample_abstracts(folder, n)
+    texts = sample_texts(folder, n, kind=kind)
     embedders = {b: LocalEmbedder(backend=b, use_cache=False) for b in backends}  # type: ignore[arg-type]
     for e in embedders.values():  # load (and export) before any clock starts; warm the kernels
         e.embed_documents(texts[:16])
@@ -92,7 +96,8 @@ def speed(folder: Path, n: int, rounds: int, backends: list[str]) -> dict[str, A
         if ref is not None:
             c = (e.embed_documents(texts) * ref).sum(axis=1)
             cos[b] = {"mean": float(c.mean()), "min": float(c.min())}
-    return {"n": len(texts), "rounds": rounds, "texts_per_s": per, "load": loads, "cosine": cos}
+    return {"n": len(texts), "kind": kind, "rounds": rounds, "texts_per_s": per, "load": loads,
+            "cosine": cos}  # fmt: skip
 
 
 def quality(folder: Path, backends: list[str]) -> dict[str, Any]:
@@ -136,7 +141,7 @@ def render(result: dict[str, Any]) -> str:
         f"Machine: {cpu['model']}, {cpu['cpus']} logical CPUs, flags {', '.join(cpu['flags']) or 'none of ' + ', '.join(FLAGS)};",
         f"{result['versions']}. Run {result['when']} UTC; `python benchmarks/bench_embedders.py`.",
         "",
-        f"## Speed: {sp['n']} SciFact abstracts (seed 0), {sp['rounds']} interleaved rounds, batch 32",
+        f"## Speed: {sp['n']} SciFact {sp.get('kind', 'abstracts')} (seed 0), {sp['rounds']} interleaved rounds, batch 32",
         "",
         "| backend | texts/s (median) | per round | speed-up vs torch | cosine to torch (mean / min) |",
         "|---|---|---|---|---|",
@@ -190,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", type=Path, default=common.DATA_ROOT / "scifact")
     ap.add_argument("--sample", type=int, default=500)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--kind", choices=["abstracts", "queries"], default="abstracts")
     ap.add_argument("--backends", default=",".join(BACKENDS))
     ap.add_argument("--no-quality", action="store_true")
     ap.add_argument(
@@ -218,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         earlier = json.loads(args.speed_json.read_text(encoding="utf-8"))
         result.update({k: earlier[k] for k in ("when", "cpu", "versions", "uptime_start", "speed")})
     else:
-        result["speed"] = speed(args.data, args.sample, args.rounds, backends)
+        result["speed"] = speed(args.data, args.sample, args.rounds, backends, args.kind)
     qb = (args.quality_backends or args.backends).split(",")
     result["quality"] = None if args.no_quality else quality(args.data, qb)
     result["uptime_end"] = up()

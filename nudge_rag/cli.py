@@ -286,7 +286,7 @@ def _store_options(sp: argparse.ArgumentParser) -> None:
     g.add_argument("--chunk-size", type=_positive_int, default=sources.DEFAULT_CHUNK_CHARS, metavar="CHARS",
                    help=f"documents SOURCE: maximum chunk length in characters (default {sources.DEFAULT_CHUNK_CHARS})")
     g.add_argument("--embed-model", metavar="PATH_OR_ID", help="the sentence-transformers model (folder, or id in the local Hugging Face cache) that built the store; default: the shipped all-MiniLM-L6-v2")
-    g.add_argument("--embed-backend", choices=["auto", "torch", "onnx", "onnx-int8"], help="how the local model runs: torch, onnx (ONNX Runtime, the same vectors; the onnx extra) or onnx-int8 (quantised: cosine ~0.995 to torch's); default auto: torch, see docs/embedders.md")
+    g.add_argument("--embed-backend", choices=["auto", "torch", "onnx", "onnx-int8"], help="how the local model runs: torch, onnx (ONNX Runtime, the same vectors; the onnx extra) or onnx-int8 (quantised: cosine ~0.995 to torch's); default auto: onnx with the onnx extra, else torch; see docs/embedders.md")
     sp.add_argument("--quiet", action="store_true", help="no progress bars")
 
 

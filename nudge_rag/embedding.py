@@ -12,8 +12,8 @@ Backends (``LocalEmbedder(backend=...)``, ``nudge-rag --embed-backend``):
   the same vectors (cosine 1.000 to torch's), without importing torch once exported.
 * ``"onnx-int8"``: that export with its matrix products dynamically quantised to int8 (per
   channel): faster, vectors at cosine ~0.995 to torch's (see ``docs/embedders.md``).
-* ``"auto"`` (the default): :data:`AUTO_BACKEND` (torch, as measured) where it can run: an ONNX
-  one needs ``onnxruntime`` and ``onnx`` (the ``onnx`` extra) and an exportable model.
+* ``"auto"`` (the default): :data:`AUTO_BACKEND` (``"onnx"``, as measured) where it can run
+  (``onnxruntime`` and ``onnx`` installed, the ``onnx`` extra, and an exportable model), else torch.
 
 The export needs torch once (``local`` extra); it is written under ``<cache_dir>/onnx/``, keyed by
 the model's files and the torch, transformers, onnx and onnxruntime versions, and never
@@ -79,10 +79,10 @@ Backend = Literal["auto", "torch", "onnx", "onnx-int8"]
 BACKENDS: tuple[str, ...] = get_args(Backend)
 #: What ``backend="auto"`` runs: the fastest backend whose SciFact test NDCG@10 stays within 0.5
 #: point of torch's, with no fine-tuning and after each default fine-tune
-#: (``benchmarks/bench_embedders.py``, ``docs/embedders.md``). Measured on 2 cores: ONNX fp32 is
-#: no faster than torch here (1.05x), and int8 (1.86x) lost 0.6 point on NUDGE-N and 6.8 on
-#: ``method="auto"`` (which chose a smaller γ), so torch it is; ``"onnx"`` gives the same vectors.
-AUTO_BACKEND: Literal["torch", "onnx", "onnx-int8"] = "torch"
+#: (``benchmarks/bench_embedders.py``, ``docs/embedders.md``). Measured on 2 cores: ONNX fp32
+#: gives torch's vectors 1.05x faster on abstracts and 3.5x on queries; int8 (1.86x / 7.6x) lost
+#: 0.6 point on NUDGE-N and 6.8 after ``method="auto"`` (which chose a smaller γ). So: ``"onnx"``.
+AUTO_BACKEND: Literal["torch", "onnx", "onnx-int8"] = "onnx"
 
 
 def default_cache_dir() -> Path:
@@ -346,6 +346,13 @@ class LocalEmbedder:
         self.cache: EmbeddingCache | None = (
             EmbeddingCache(self.cache_dir, self.cache_key) if use_cache else None
         )
+        # ONNX fp32 computes torch's vectors (cosine >= 0.99999): it also reads torch's cache, so
+        # switching backend re-embeds nothing (it writes its own; int8 reads only its own).
+        self._also_read: EmbeddingCache | None = (
+            EmbeddingCache(self.cache_dir, self.model_id)
+            if use_cache and self.backend == "onnx"
+            else None
+        )
 
     @property
     def cache_key(self) -> str:
@@ -439,6 +446,12 @@ class LocalEmbedder:
         found = np.zeros(n, dtype=bool)
         if self.cache is not None:
             out, found = self.cache.lookup(hashes)
+        if self._also_read is not None and not found.all():
+            more, got = self._also_read.lookup(hashes)
+            if more is not None:
+                got &= ~found
+                out = more if out is None else np.where(got[:, None], more, out)
+                found = found | got
         missing = [int(i) for i in np.flatnonzero(~found)]
         logger.info(
             "embedding %d %s with %s: %d from cache, %d to compute",

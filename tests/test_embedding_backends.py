@@ -136,7 +136,7 @@ def test_resolve_backend(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     for b in ("torch", "onnx", "onnx-int8"):
         assert resolve_backend(b) == b
     monkeypatch.setattr(embedding, "onnx_available", lambda: True)
-    assert resolve_backend("auto") == AUTO_BACKEND == "torch"  # as measured (docs/embedders.md)
+    assert resolve_backend("auto") == AUTO_BACKEND == "onnx"  # as measured (docs/embedders.md)
     monkeypatch.setattr(embedding, "AUTO_BACKEND", "onnx-int8")  # were an ONNX one chosen:
     assert resolve_backend("auto") == "onnx-int8"
     assert resolve_backend("auto", st_folder(tmp_path / "ok")) == "onnx-int8"
@@ -262,3 +262,22 @@ def test_real_model_onnx_matches_torch(tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.setattr(_onnx, "_export_onnx", no_export)
     again = LocalEmbedder(backend="onnx-int8", cache_dir=tmp_path, use_cache=False)
     np.testing.assert_allclose(again.embed_documents(texts), int8, atol=1e-6)
+
+
+def test_onnx_fp32_also_reads_torchs_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = st_folder(tmp_path / "m")
+    torch = LocalEmbedder(model=Doubling(1.0), model_id="m", cache_dir=tmp_path / "c")
+    cached = torch.embed_documents(["cat", "dog"])
+    fakes = {False: Doubling(5.0), True: Doubling(-1.0)}
+    monkeypatch.setattr(
+        _onnx.OnnxSentenceEncoder, "from_model",
+        classmethod(lambda cls, path, root, *, int8, show_progress=False: fakes[int8]),
+    )  # fmt: skip
+    fp32 = LocalEmbedder(folder, model_id="m", cache_dir=tmp_path / "c", backend="onnx")
+    got = fp32.embed_documents(["dog", "fish", "cat"])
+    np.testing.assert_array_equal(got[[0, 2]], cached[[1, 0]])  # torch's, not recomputed
+    assert fakes[False].calls == 1  # only "fish"
+    np.testing.assert_allclose(got[1], unit([5.0, 1.0, 0.0]), atol=1e-6)
+    int8 = LocalEmbedder(folder, model_id="m", cache_dir=tmp_path / "c", backend="onnx-int8")
+    int8.embed_documents(["cat"])
+    assert fakes[True].calls == 1  # int8 vectors differ: it never reads torch's
