@@ -99,7 +99,7 @@ def adapted(tmp_path_factory: pytest.TempPathFactory) -> Tuned:
     """A store whose fine-tune chose the query-side adaptor (test_auto's distorted questions)."""
     from test_auto import distorted, langchain_store
 
-    data, train, _ = distorted()
+    data, train, _ = distorted(n=320, noise=2.0)  # where test_auto's adaptor wins beyond noise
     store = langchain_store(data)
     ft = NudgeEmbeddingFinetuner(store, state_dir=tmp_path_factory.mktemp("suite-adapted"))
     retriever = ft.finetune(data.pairs(train))
