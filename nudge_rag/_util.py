@@ -26,6 +26,7 @@ __all__ = [
     "progress_bar",
     "progress_iter",
     "run_sync",
+    "run_workers",
 ]
 
 logger = logging.getLogger(__name__)
@@ -198,3 +199,16 @@ def framework_of(obj: Any) -> Framework | None:
     if from_class(obj, "langchain_") or from_class(obj, "langchain."):
         return "langchain"
     return None
+
+
+async def run_workers(worker: Callable[[], Awaitable[None]], n: int) -> None:
+    """Run ``n`` copies of ``worker`` concurrently; if one fails (or the caller is cancelled),
+    cancel the others, wait for them to stop, and raise."""
+    tasks = [asyncio.ensure_future(worker()) for _ in range(n)]
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise

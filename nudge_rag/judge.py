@@ -51,7 +51,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from nudge_rag._util import check_positive_int
+from nudge_rag._util import check_positive_int, run_workers
 from nudge_rag.core import QuerySet
 from nudge_rag.errors import ConfigError, LLMRequestError, UnusableAnswerError
 from nudge_rag.feedback import FeedbackEntry, FeedbackLog
@@ -397,16 +397,7 @@ async def run_judge(
         for query, cands in queue:  # a shared iterator: each query goes to one worker
             await one(query, cands)
 
-    tasks = [
-        asyncio.ensure_future(worker()) for _ in range(min(options.max_concurrency, len(todo)))
-    ]
-    try:
-        await asyncio.gather(*tasks)
-    except BaseException:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise
+    await run_workers(worker, min(options.max_concurrency, len(todo)))
     return run
 
 

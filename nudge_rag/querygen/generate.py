@@ -38,6 +38,7 @@ from nudge_rag._util import (
     check_positive_int,
     progress_bar,
     run_sync,
+    run_workers,
 )
 from nudge_rag.errors import (
     ConfigError,
@@ -488,14 +489,7 @@ async def _run_llm(
         for cid in queue:  # a shared iterator: each chunk goes to exactly one worker
             await one(cid)
 
-    tasks = [asyncio.ensure_future(worker()) for _ in range(min(max_concurrency, len(todo)))]
-    try:
-        await asyncio.gather(*tasks)
-    except BaseException:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise
+    await run_workers(worker, min(max_concurrency, len(todo)))
 
 
 @dataclass(frozen=True)
