@@ -53,6 +53,7 @@ import numpy as np
 
 from nudge_rag._util import check_positive_int, run_workers
 from nudge_rag.core import QuerySet
+from nudge_rag.core.split import validation_positions
 from nudge_rag.errors import ConfigError, LLMRequestError, UnusableAnswerError
 from nudge_rag.feedback import FeedbackEntry, FeedbackLog
 from nudge_rag.querygen.llm import (
@@ -511,27 +512,7 @@ def users_holdout(
     Raises:
         ConfigError: No eligible query can be held out.
     """
-    n = len(queries)
-    ok = np.asarray(eligible, dtype=bool)
-    target = max(1, round(fraction * int(ok.sum())))
-    counts = np.bincount(queries.rows, minlength=int(queries.rows.max()) + 1 if n else 0)
-    held: list[int] = []
-    for j in np.random.default_rng(seed).permutation(n).tolist():
-        if not ok[j]:
-            continue
-        rows = queries.answer_rows(int(j))
-        if np.all(counts[rows] >= 2):
-            counts[rows] -= 1
-            held.append(int(j))
-            if len(held) == target:
-                break
-    if not held:
-        msg = (
-            f"cannot hold out validation queries from {int(ok.sum())} users' confirmations: no "
-            "record they point to has another query"
-        )
-        raise ConfigError(msg)
-    return np.sort(np.asarray(held, dtype=np.int64))
+    return validation_positions(queries, fraction, seed=seed, eligible=eligible)
 
 
 def training_pairs(

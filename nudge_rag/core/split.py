@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -40,23 +41,42 @@ def validation_split(
     return queries.subset(np.flatnonzero(~mask)), queries.subset(held)
 
 
-def validation_positions(queries: QuerySet, fraction: float = 0.2, *, seed: int = 0) -> np.ndarray:
-    """The positions :func:`validation_split` holds out, increasing (same rule, same errors)."""
+def validation_positions(
+    queries: QuerySet,
+    fraction: float = 0.2,
+    *,
+    seed: int = 0,
+    eligible: Sequence[bool] | np.ndarray | None = None,
+) -> np.ndarray:
+    """The positions :func:`validation_split` holds out, increasing (same rule, same errors).
+
+    ``eligible``: only these queries may be held out (``fraction`` of them), while coverage is
+    counted over every query (the judge's labels train, users' own confirmations validate).
+    """
     if not 0.0 < fraction < 1.0:
         msg = f"validation fraction must be in (0, 1); received {fraction}"
         raise ConfigError(msg)
     n = len(queries)
-    target = max(1, round(fraction * n))
+    ok = np.ones(n, dtype=bool) if eligible is None else np.asarray(eligible, dtype=bool)
+    target = max(1, round(fraction * int(ok.sum())))
     counts = np.bincount(queries.rows, minlength=int(queries.rows.max()) + 1 if n else 0)
     order = np.random.default_rng(seed).permutation(n)
     held: list[int] = []
     for j in order:
+        if not ok[j]:
+            continue
         rows = queries.answer_rows(int(j))
         if np.all(counts[rows] >= 2):
             counts[rows] -= 1
             held.append(int(j))
             if len(held) == target:
                 break
+    if not held and eligible is not None:
+        msg = (
+            f"cannot hold out validation queries from {int(ok.sum())} eligible queries (users' "
+            "confirmations): no record they point to has another query"
+        )
+        raise ConfigError(msg)
     if not held:
         msg = (
             f"cannot hold out validation queries from {n} training queries: no record has two or "
