@@ -136,7 +136,7 @@ class StateBackend(abc.ABC):
     # -- whole place ----------------------------------------------------------------------------
     def has_state(self) -> bool:
         """Whether anything of ours is kept here (a generation or feedback)."""
-        return self.current() not in (None,) or bool(self.generations())
+        return self.current() is not None or bool(self.generations())
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections the backend opened (not the store's own)."""

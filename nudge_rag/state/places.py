@@ -84,7 +84,7 @@ def backend_for(
 ) -> StateBackend:
     """The place of this store's state (see the module docstring)."""
     own: StateBackend | None = None
-    if state_dir is None or persist_dir is None:
+    if state_dir is not None or persist_dir is None:  # the guard below, or the place itself
         own = adapter.state_backend(identity.key)
     if state_dir is not None:
         chosen: StateBackend = FolderBackend(Path(state_dir).expanduser())
