@@ -124,9 +124,10 @@ def migrate_folder(old: Path, new: StateBackend, lock_timeout: float | None = 0.
 
     Under both locks: the feedback log's lines are appended to the new place, then the
     generation in force is copied blob by blob, read back and checked against its digests,
-    and only then switched in; the old folder is renamed ``<name>.moved`` last. A crash at any
-    point leaves the old folder in use, and the next run moves it again (feedback lines that
-    were copied twice collapse into one entry). Returns whether anything was moved.
+    and only then switched in; the old folder is renamed ``<name>.moved`` last, so that until
+    the switch the new place holds no state and the next run moves it again (feedback lines
+    copied twice collapse into one entry). This order is not yet covered by the fault-injection
+    suite. Returns whether anything was moved.
     """
     from nudge_rag.state._generations import FinetuneState
 
