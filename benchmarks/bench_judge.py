@@ -336,6 +336,26 @@ def tail(run: dict[str, Any], n: int = 10) -> float:
     return float(np.mean([p["test_ndcg"] for p in run["trace"][-n:]]))
 
 
+def paired_delta(
+    rs: list[dict[str, Any]], users_rows: list[dict[str, Any]]
+) -> tuple[str, str] | None:
+    """Δ vs users-only paired per seed (same traffic order): final and last-10 means, in points,
+    as "mean ± standard error (n)"; None when no seed has both runs."""
+    users = {r["seed"]: r for r in users_rows}
+    both = [(r, users[r["seed"]]) for r in rs if r["seed"] in users]
+    if not both:
+        return None
+
+    def fmt(d: list[float]) -> str:
+        se = float(np.std(d, ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
+        return f"{100 * np.mean(d):+.2f} ± {100 * se:.2f} (n={len(d)})"
+
+    return (
+        fmt([r["ndcg"] - u["ndcg"] for r, u in both]),
+        fmt([tail(r) - tail(u) for r, u in both]),
+    )
+
+
 def report() -> None:
     runs = [json.loads(p.read_text()) for p in sorted(RUNS.glob("*.json"))]
     out = [
@@ -369,6 +389,11 @@ def report() -> None:
             }[base_engine]
             if variant:
                 title += f", diagnostic variant: {variant.replace('agree', 'min_agreement=').replace('k', 'candidates=')}"
+            if "orders" in variant:
+                title = title.replace(", diagnostic variant: orders", "") + (
+                    ", traffic in a seeded order per seed (seed 0: the split's order), "
+                    "users-only run for every order; Δ is paired per order (mean ± standard error)"
+                )
             out += [f"## {ds}, {title}", "", "| run | test NDCG@10 per seed | mean | Δ vs users only (points) | mean of the last 10 updates (Δ) | judge calls | judge entries | final agreement / trusted | seconds |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
             users_rows = [r for r in rows if r["judge"] == "users"]
             if not users_rows:  # the users-only run is the same for every variant
@@ -388,12 +413,13 @@ def report() -> None:
                     continue
                 v = [r["ndcg"] for r in rs]
                 last = rs[0]["trace"][-1]
+                paired = paired_delta(rs, users_rows) if "orders" in variant else None
                 agree = last.get("agreement")
                 trust = f"{agree:.2f} / {last.get('trusted')}" if agree is not None else "–"
                 out.append(
                     f"| {LABELS[judge]} | {' / '.join(f'{x:.4f}' for x in v)} | {np.mean(v):.4f} | "
-                    f"{100 * (np.mean(v) - base):+.2f} | "
-                    f"{np.mean([tail(r) for r in rs]):.4f} ({100 * (np.mean([tail(r) for r in rs]) - tail_base):+.2f}) | "
+                    f"{paired[0] if paired else f'{100 * (np.mean(v) - base):+.2f}'} | "
+                    f"{np.mean([tail(r) for r in rs]):.4f} ({paired[1] if paired else f'{100 * (np.mean([tail(r) for r in rs]) - tail_base):+.2f}'}) | "
                     f"{int(np.mean([r['judge_calls'] for r in rs]))} | "
                     f"{int(np.mean([r['judge_entries'] for r in rs]))} | {trust} | "
                     f"{int(np.mean([r['seconds'] for r in rs]))} |"
@@ -449,6 +475,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-agreement", type=float, default=None, help="sim only: a diagnostic")
     ap.add_argument("--candidates", type=int, default=None, help="sim only: a diagnostic")
     ap.add_argument(
+        "--orders",
+        action="store_true",
+        help="seed s also orders the traffic (s = 0: the paper split's order; else a seeded "
+        "shuffle), and users-only runs for every seed: judge and users-only compared per order",
+    )
+    ap.add_argument(
         "--all-val",
         action="store_true",
         help="sim only, a diagnostic: hold out judge-labelled pairs for γ too (not what update() does)",
@@ -467,11 +499,14 @@ def main(argv: list[str] | None = None) -> int:
         logger.info("%s references %s", ds, refs)
         for judge in args.judges.split(","):
             for seed in [int(s) for s in args.seeds.split(",")]:
-                if judge == "users" and seed != int(args.seeds.split(",")[0]):
+                if judge == "users" and seed != int(args.seeds.split(",")[0]) and not args.orders:
                     continue  # no randomness without a judge
-                variant = ""
+                variant = "-orders" if args.orders else ""
+                order = traffic
+                if args.orders and seed:
+                    order = traffic[np.random.default_rng([7, seed]).permutation(len(traffic))]
                 if args.engine == "api":
-                    run = run_api(c, traffic, idx["test"], judge, seed)
+                    run = run_api(c, order, idx["test"], judge, seed)
                 else:
                     kw: dict[str, Any] = {}
                     if args.min_agreement is not None:
@@ -483,7 +518,7 @@ def main(argv: list[str] | None = None) -> int:
                     if args.all_val:
                         variant += "-allval"
                     run = run_sim(
-                        c, traffic, idx["test"], judge, seed, JudgeOptions(**kw), not args.all_val
+                        c, order, idx["test"], judge, seed, JudgeOptions(**kw), not args.all_val
                     )
                 run.update(
                     dataset=ds, engine=args.engine + variant, judge=judge, seed=seed, refs=refs
