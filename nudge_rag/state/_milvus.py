@@ -20,6 +20,8 @@ The lock is :class:`KVBackend`'s lease (Milvus has no compare-and-set).
 from __future__ import annotations
 
 import json
+import logging
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -27,6 +29,8 @@ from nudge_rag._faults import checkpoint
 from nudge_rag.state._base import KVBackend, b64, unb64
 
 __all__ = ["COMPANION_COLLECTION", "MilvusCompanion"]
+
+logger = logging.getLogger(__name__)
 
 COMPANION_COLLECTION = "nudge_rag_state"
 _STRONG = "Strong"
@@ -62,7 +66,12 @@ class MilvusCompanion(KVBackend):
         self.where = f"milvus server {where} collection {name} scope {scope}".replace("  ", " ")
         if not client.has_collection(name):
             self._create()
-        client.load_collection(name)
+        self._load()
+
+    def _index(self) -> Any:
+        index = self._client.prepare_index_params()
+        index.add_index(field_name="v", index_type="FLAT", metric_type="L2")
+        return index
 
     def _create(self) -> None:
         from pymilvus import DataType, MilvusClient
@@ -72,16 +81,32 @@ class MilvusCompanion(KVBackend):
         schema.add_field("scope", DataType.VARCHAR, max_length=1024)
         schema.add_field("data", DataType.VARCHAR, max_length=65535)
         schema.add_field("v", DataType.FLOAT_VECTOR, dim=2)
-        index = self._client.prepare_index_params()
-        index.add_index(field_name="v", index_type="FLAT", metric_type="L2")
         try:
             self._client.create_collection(
-                self._name, schema=schema, index_params=index, consistency_level=_STRONG
+                self._name, schema=schema, index_params=self._index(), consistency_level=_STRONG
             )
         except Exception:
             # Another replica made it between our check and our call: use theirs.
             if not self._client.has_collection(self._name):
                 raise
+
+    def _load(self, attempts: int = 50) -> None:
+        """Load the companion. Another replica may have created it and not yet its index
+        (``create_collection`` makes the collection, then the index, then loads it): Milvus then
+        answers "index not found". Make the same index (or find theirs made) and load again."""
+        for attempt in range(attempts):
+            try:
+                self._client.load_collection(self._name)
+                return
+            except Exception as exc:
+                if "index not found" not in str(exc).lower() or attempt == attempts - 1:
+                    raise
+            if not self._client.list_indexes(self._name):
+                try:
+                    self._client.create_index(self._name, self._index())
+                except Exception:  # the creator's index came first: load it next time round
+                    logger.debug("companion index made by another replica", exc_info=True)
+            time.sleep(0.05 * min(attempt + 1, 10))
 
     def _id(self, key: str) -> str:
         return f"{self.scope}{_SEP}{key}"

@@ -486,3 +486,33 @@ def test_state_dir_naming_a_chroma_folders_own_place_is_that_place_and_its_lock(
     with pytest.raises(StateError, match="names another place"):
         backend_for(ad, ident, state_dir=tmp_path / "other", persist_dir=None, legacy=tmp_path)
     client.close()
+
+
+def test_milvus_companion_opens_one_another_replica_made_without_its_index_yet(
+    milvus_server_uri: str,
+) -> None:
+    """Two replicas starting at once: one's ``create_collection`` has made the companion but not
+    yet its index when the other loads it (Milvus: "index not found"). The second makes the same
+    index and loads; both then share one state."""
+    from pymilvus import DataType, MilvusClient
+
+    from nudge_rag.state._milvus import MilvusCompanion
+
+    mc = MilvusClient(milvus_server_uri)
+    name = _name("noindex")
+    schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+    schema.add_field("k", DataType.VARCHAR, is_primary=True, max_length=2048)
+    schema.add_field("scope", DataType.VARCHAR, max_length=1024)
+    schema.add_field("data", DataType.VARCHAR, max_length=65535)
+    schema.add_field("v", DataType.FLOAT_VECTOR, dim=2)
+    mc.create_collection(name, schema=schema)  # the creator, stopped before its index
+    assert mc.list_indexes(name) == []
+    try:
+        be = MilvusCompanion(mc, "scope-a", name=name)
+        be._put({"CURRENT": b"gen-1"})
+        other = MilvusCompanion(mc, "scope-a", name=name)
+        assert other._get(["CURRENT"]) == {"CURRENT": b"gen-1"}
+        assert mc.list_indexes(name) == ["v"]
+    finally:
+        mc.drop_collection(name)
+        mc.close()
