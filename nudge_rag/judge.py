@@ -51,7 +51,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from nudge_rag._util import check_positive_int, run_workers
+from nudge_rag._util import check_non_negative_int, check_positive_int, run_workers
 from nudge_rag.core import QuerySet
 from nudge_rag.core.split import validation_positions
 from nudge_rag.errors import ConfigError, LLMRequestError, UnusableAnswerError
@@ -149,28 +149,15 @@ class JudgeOptions:
         check_positive_int(self.max_concurrency, "max_concurrency")
         check_positive_int(self.reask_new, "reask_new")
         check_positive_int(self.passage_chars, "passage_chars")
-        if self.max_calls is not None and (
-            isinstance(self.max_calls, bool)
-            or not isinstance(self.max_calls, int)
-            or self.max_calls < 0
-        ):
-            msg = f"max_calls must be an int >= 0 or None; received {self.max_calls!r}"
-            raise ConfigError(msg)
-        if isinstance(self.retries, bool) or not isinstance(self.retries, int) or self.retries < 0:
-            msg = f"retries must be an int >= 0; received {self.retries!r}"
-            raise ConfigError(msg)
+        if self.max_calls is not None:
+            check_non_negative_int(self.max_calls, "max_calls")
+        check_non_negative_int(self.retries, "retries")
+        check_non_negative_int(self.min_overlap, "min_overlap")
         if self.timeout is not None and not self.timeout > 0:
             msg = f"timeout must be None or a number of seconds > 0; received {self.timeout!r}"
             raise ConfigError(msg)
         if not 0.0 <= self.min_agreement <= 1.0:
             msg = f"min_agreement must be in [0, 1]; received {self.min_agreement!r}"
-            raise ConfigError(msg)
-        if (
-            isinstance(self.min_overlap, bool)
-            or not isinstance(self.min_overlap, int)
-            or (self.min_overlap < 0)
-        ):
-            msg = f"min_overlap must be an int >= 0; received {self.min_overlap!r}"
             raise ConfigError(msg)
         if not self.grade > 0 or self.grade != self.grade or self.grade == float("inf"):
             msg = f"grade must be a finite number > 0; received {self.grade!r}"
